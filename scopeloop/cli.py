@@ -1,0 +1,149 @@
+"""The `scopeloop` command: one subcommand per user task, each with --help.
+
+Handlers stay thin: they parse, call a component, and print what a biologist needs. Known
+user errors (a bad file, a missing folder, no weights offline) print one clear line and exit
+with status 2; a traceback is a bug.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _channels(text: str | None):
+    if not text:
+        return None
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise UserError(f"--channels '{text}': give 1 to 3 channel numbers separated by commas, e.g. 0,2,1") from None
+
+
+def _groups(args, paths, root: Path):
+    """Group of each image, for a leakage-free split: from a CSV column or a file-name pattern."""
+    if args.group_pattern:
+        rx = re.compile(args.group_pattern)
+        out = []
+        for p in paths:
+            m = rx.search(p.name)
+            out.append(m.group(m.lastindex or 0) if m else p.name)
+        return out
+    if args.groups_csv:
+        with open(args.groups_csv, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "path" not in rows[0] or args.group_column not in rows[0]:
+            raise UserError(f"{args.groups_csv}: needs columns 'path' and '{args.group_column}'")
+        by_path = {r["path"]: r[args.group_column] for r in rows}
+        return [by_path.get(p.relative_to(root).as_posix(), p.name) for p in paths]
+    return None
+
+
+def cmd_train(args) -> int:
+    from trainer.images import scan_imagefolder
+    from trainer.metrics import qc_summary
+    from trainer.registry import ModelRegistry
+    from trainer.training import TrainConfig, save_version, train
+
+    root = Path(args.data)
+    if not root.is_dir():
+        raise UserError(f"--data '{root}' is not a folder; give an ImageFolder directory (<data>/<class>/<image>)")
+    items, classes = scan_imagefolder(root)
+    if not items:
+        raise UserError(f"no images found under '{root}/<class>/'")
+    paths = [p for p, _ in items]
+    config = TrainConfig(backbone=args.backbone, weights=args.weights, mode=args.mode, image_size=args.image_size,
+                         channels=_channels(args.channels), epochs=args.epochs, batch_size=args.batch_size,
+                         seed=args.seed, val_fraction=args.val_fraction, device=args.device or None)
+    print(f"training ({args.mode}) on {len(paths)} images, {len(classes)} classes: {', '.join(classes)}")
+    result = train(paths, [lbl for _, lbl in items], classes, config, groups=_groups(args, paths, root), progress=True)
+    print(f"weights: {result.model.config.weights_source}")
+    registry = ModelRegistry(Path(args.out) / "registry")
+    version = save_version(result, config, registry, source=str(root.resolve()))
+    print(qc_summary(result.metrics))
+    if len(result.skipped):
+        print(result.skipped.summary())
+    folder = registry.path(version)
+    print(f"model version {version} saved and now current: {folder}")
+    print(f"QC plots: {folder / 'loss_curves.png'}, {folder / 'confusion_matrix.png'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from trainer.inference import predict_folder, resolve_model_dir
+
+    if not Path(args.input).is_dir():
+        raise UserError(f"--input '{args.input}' is not a folder of images")
+    model_dir = resolve_model_dir(args.model, args.version)
+    summary = predict_folder(model_dir, args.input, args.out, batch_size=args.batch_size)
+    print(f"model: {model_dir}")
+    print(f"{summary['predicted']} images predicted -> {summary['csv']}")
+    for c, n in summary["counts"].items():
+        print(f"  {c:<20} {n}")
+    print(f"{summary['low_confidence']} low-confidence predictions (flagged in the CSV)")
+    if len(summary["skipped"]):
+        print(summary["skipped"].summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scopeloop", description="Active-learning annotation for microscopy image classification.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a classifier on an ImageFolder directory and print its QC",
+                       description="Train a cell-type classifier on <data>/<class>/<image> and save it as a new model version.")
+    t.add_argument("--data", required=True, help="ImageFolder directory: one sub-folder per class")
+    t.add_argument("--out", default="scopeloop-models", help="where the model registry is kept (default: %(default)s)")
+    t.add_argument("--mode", choices=["head", "full"], default="head",
+                   help="head: train only a linear head on frozen embeddings (fast, CPU); full: fine-tune the backbone (GPU recommended)")
+    t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name (default: %(default)s, weights ship with scopeloop)")
+    t.add_argument("--weights", default="imagenet", help="'imagenet' (offline), a local weights file, or 'none' for random init")
+    t.add_argument("--image-size", type=int, default=224, help="input size in pixels (default: %(default)s)")
+    t.add_argument("--channels", help="which image channels feed R,G,B, e.g. 0,2,1 (default: documented mapping)")
+    t.add_argument("--epochs", type=int, default=15, help="max epochs for --mode full (early stopping keeps the best)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--val-fraction", type=float, default=0.2, help="share of images held out for validation")
+    t.add_argument("--group-pattern", help="regex on the file name whose match is the image's group (e.g. 'BloodImage_\\d+'): groups never straddle train/validation")
+    t.add_argument("--groups-csv", help="CSV with columns path,<group column> giving each image's group")
+    t.add_argument("--group-column", default="group", help="group column name in --groups-csv")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="predict the cell type of every image in a folder (CSV)",
+                        description="Apply a trained model to a folder of images; writes CSV + NPZ (embeddings, probabilities).")
+    pr.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    pr.add_argument("--out", required=True, help="CSV file to write")
+    pr.add_argument("--model", default="scopeloop-models", help="registry root, exported model or version folder (default: %(default)s)")
+    pr.add_argument("--version", help="model version (default: current)")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from trainer.backbone import WeightsUnavailableError
+    from trainer.images import ImageReadError
+    from trainer.registry import RegistryError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ImageReadError, WeightsUnavailableError, RegistryError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Versioned models with atomic publishing and rollback.
+
+<root>/versions/NNN/   one folder per trained model (weights, label map, config, metrics, ...)
+<root>/current         text file: the version being served
+<root>/promotions.jsonl the history of `current` switches (for rollback and the report)
+
+A version is written completely in a temporary folder next to `versions/` and then renamed
+into place: rename is atomic on one file system, so a reader sees a whole version or none.
+Renaming onto an existing (non-empty) version folder fails, which also makes two publishers
+pick different numbers. `current` is replaced atomically the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class ModelRegistry:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ reading
+    def versions(self) -> list[str]:
+        return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def path(self, version: str) -> Path:
+        p = self.versions_dir / version
+        if not p.is_dir():
+            raise RegistryError(f"model version '{version}' does not exist (known: {', '.join(self.versions()) or 'none'})")
+        return p
+
+    def current(self) -> str | None:
+        try:
+            v = (self.root / "current").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return v or None
+
+    def current_path(self) -> Path | None:
+        v = self.current()
+        return self.path(v) if v else None
+
+    def read_json(self, version: str, name: str) -> dict:
+        p = self.path(version) / name
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def history(self) -> list[dict]:
+        p = self.root / "promotions.jsonl"
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    # ------------------------------------------------------------ writing
+    @contextmanager
+    def staging(self):
+        """Yield an empty folder to write a version into; nothing is visible until publish."""
+        tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(self, staged: Path, make_current: bool = True, reason: str = "") -> str:
+        """Move a fully written staging folder into versions/NNN atomically; return NNN."""
+        staged = Path(staged)
+        if not any(staged.iterdir()):
+            raise RegistryError("refusing to publish an empty model folder")
+        for _ in range(1000):
+            existing = self.versions()
+            n = int(existing[-1]) + 1 if existing else 1
+            target = self.versions_dir / f"{n:03d}"
+            try:
+                os.rename(staged, target)
+                break
+            except OSError:
+                time.sleep(0.01)
+        else:
+            raise RegistryError("could not allocate a version number")
+        if make_current:
+            self.set_current(target.name, reason or "published")
+        return target.name
+
+    def set_current(self, version: str, reason: str = "set by user") -> None:
+        self.path(version)
+        tmp = self.root / f".current.{os.getpid()}.tmp"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.root / "current")
+        with open(self.root / "promotions.jsonl", "a") as f:
+            f.write(json.dumps({"version": version, "time": time.time(), "reason": reason}) + "\n")
+
+    def rollback(self) -> str:
+        """Serve the newest earlier version that was once current (held-back candidates never are)."""
+        cur = self.current()
+        served = {h["version"] for h in self.history()}
+        earlier = sorted(v for v in served if cur is None or v < cur)
+        if not earlier:
+            raise RegistryError(f"nothing to roll back to: no version before '{cur}' was ever served")
+        self.set_current(earlier[-1], reason=f"rollback from {cur}")
+        return earlier[-1]
+
+    def clean_stale_staging(self, older_than_s: float = 3600) -> int:
+        """Remove staging folders left by killed trainings (never visible as versions)."""
+        n = 0
+        for p in self.root.glob(".staging-*"):
+            if time.time() - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+        return n
