@@ -1,0 +1,26 @@
+import json
+
+from PIL import Image
+
+from trainer.metrics import classification_metrics, qc_summary, write_qc
+
+
+def test_metrics_on_a_known_confusion():
+    y_true = [0, 0, 0, 0, 1, 1, 2, 2]
+    y_pred = [0, 0, 0, 1, 1, 1, 2, 0]
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["accuracy"] == 6 / 8
+    assert abs(m["balanced_accuracy"] - (0.75 + 1 + 0.5) / 3) < 1e-9
+    assert m["per_class"]["b"]["precision"] == 2 / 3 and m["per_class"]["c"]["recall"] == 0.5
+    assert m["confusion_matrix"][0] == [3, 1, 0]
+
+
+def test_qc_files_are_written_and_readable(tmp_path):
+    m = classification_metrics([0, 0, 1, 1], [0, 0, 1, 0], ["Neutrophil", "Basophil"])
+    hist = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2}, {"epoch": 2, "train_loss": 0.5, "val_loss": 0.9}]
+    write_qc(tmp_path, {"validation": m}, hist, best_epoch=2)
+    assert json.loads((tmp_path / "metrics.json").read_text())["validation"]["n"] == 4
+    for png in ("loss_curves.png", "confusion_matrix.png"):
+        assert Image.open(tmp_path / png).size[0] > 300
+    text = qc_summary({"validation": m})
+    assert text.index("Basophil") < text.index("Neutrophil")  # weakest first
