@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import sys
+import time
 from pathlib import Path
 
 
@@ -92,8 +94,89 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _workspace(args):
+    from scopeloop.settings import load_settings
+    from trainer.workspace import Workspace
+
+    settings = load_settings()
+    root = settings.project_dir(args.project)
+    if not (root / "project.json").is_file():
+        known = sorted(p.name for p in (settings.home / "projects").glob("*") if (p / "project.json").is_file())
+        raise UserError(f"no project '{args.project}' in {settings.home} (known: {', '.join(known) or 'none'}); "
+                        f"create it with `scopeloop init`")
+    return settings, Workspace(root)
+
+
+def cmd_worker(args) -> int:
+    from scopeloop.settings import load_settings
+    from scopeloop.worker import run_worker
+
+    settings = load_settings()
+    print(f"worker listening on {settings.redis_url or 'redis://127.0.0.1:6379/0'} (Ctrl-C to stop)")
+    run_worker(settings, burst=args.burst, scheduler=not args.no_scheduler)
+    return 0
+
+
+def cmd_refresh(args) -> int:
+    from ml_backend.queue import RefreshQueue, connect_redis
+
+    settings, ws = _workspace(args)
+    kind = "deep" if args.deep else "quick"
+    if args.now:
+        from ml_backend.labelstudio import LabelStudioClient
+        from scopeloop.refresh import Refresher
+
+        out = Refresher(ws, LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key),
+                        device=settings.device or None).run(kind)
+        print(json.dumps(out, indent=1, default=str))
+        return 0
+    q = RefreshQueue(connect_redis(settings.redis_url))
+    jid = q.request(str(ws.root), kind, "requested with scopeloop refresh")
+    print(f"{kind} refresh queued: {jid}" if jid else f"a {kind} refresh is already pending for this project")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from ml_backend.queue import RefreshQueue, connect_redis
+
+    settings, ws = _workspace(args)
+    p, st, reg = ws.project, ws.status, ws.registry
+    labels = [t for t in ws.labels.get("tasks", {}).values() if t.get("label")]
+    n_images = st.get("last_quick", {}).get("images") or p.get("n_tasks")
+    print(f"project {args.project}  (Label Studio project {p.get('ls_project_id')}, {settings.label_studio_url})")
+    print(f"  images: {n_images or '?'}   labeled: {len(labels)}   unlabeled: {(n_images - len(labels)) if n_images else '?'}")
+    cur = reg.current()
+    if cur:
+        val = reg.read_json(cur, "metrics.json").get("validation", {})
+        f1 = f"macro-F1 {val['macro_f1']:.3f}, balanced accuracy {val['balanced_accuracy']:.3f} on {val['n']} images" if val.get("n") else "no validation images yet"
+        print(f"  current model: {cur} ({f1}); {len(reg.versions())} version(s) in total")
+    else:
+        print("  current model: none yet (label a few images of at least 2 classes)")
+    print(f"  serving in Label Studio: {st.get('ls_model_version', '-')}")
+    for kind in ("quick", "deep"):
+        last = st.get(f"last_{kind}")
+        if last:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished"]))
+            print(f"  last {kind} refresh: {when}, {last.get('labels')} labels, {last.get('gate', last.get('note', ''))}, "
+                  f"{last.get('seconds', {}).get('total')} s")
+    if st.get("last_error"):
+        e = st["last_error"]
+        print(f"  last failure ({e['kind']}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['time']))}): {e['error']}")
+    try:
+        jobs = RefreshQueue(connect_redis(settings.redis_url, timeout=2)).jobs(str(ws.root))
+        for state in ("running", "queued", "failed"):
+            for j in jobs[state]:
+                print(f"  job {state}: {j['id']}" + (f" -- {j['error']}" if j.get("error") else ""))
+        if not any(jobs.values()):
+            print("  jobs: none queued or running")
+    except Exception as exc:
+        print(f"  jobs: Redis not reachable ({type(exc).__name__}); labels are safe in Label Studio")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scopeloop", description="Active-learning annotation for microscopy image classification.")
+    p.add_argument("--version", action="version", version="scopeloop 0.1.0")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -125,6 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--version", help="model version (default: current)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.set_defaults(func=cmd_predict)
+
+    w = sub.add_parser("worker", help="run a worker that retrains models as labels come in",
+                       description="RQ worker for refresh jobs (Redis from REDIS_URL). Uses CUDA when present.")
+    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--no-scheduler", action="store_true", help="do not run nightly/recovery checks in this worker")
+    w.set_defaults(func=cmd_worker)
+
+    r = sub.add_parser("refresh", help="retrain the project's model now (quick, or --deep fine-tune)",
+                       description="Queue a refresh for a worker, or run it in this process with --now.")
+    r.add_argument("--project", default="default", help="project name (default: %(default)s)")
+    r.add_argument("--deep", action="store_true", help="fine-tune the backbone (GPU recommended) instead of the quick head")
+    r.add_argument("--now", action="store_true", help="run here instead of queueing for a worker")
+    r.set_defaults(func=cmd_refresh)
+
+    st = sub.add_parser("status", help="labels, current model, jobs and last refreshes of a project",
+                        description="Per project: labeled/unlabeled counts, current model and metrics, jobs, last refresh times.")
+    st.add_argument("--project", default="default", help="project name (default: %(default)s)")
+    st.set_defaults(func=cmd_status)
     return p
 
 

@@ -57,7 +57,8 @@ def fit_head(X: np.ndarray, y, n_classes: int, seed: int = 0, class_weight: str 
     X = torch.as_tensor(np.asarray(X, dtype=np.float32))
     y = torch.as_tensor(np.asarray(y, dtype=np.int64))
     mu = X.mean(0)
-    sd = X.std(0, unbiased=False).clamp_min(1e-6)
+    sd = X.std(0, unbiased=False)
+    sd = sd.clamp_min(max(1e-6, 0.1 * float(sd.median())))  # near-constant features must not get huge weights
     Z = (X - mu) / sd
     has_val = X_val is not None and len(X_val) > 0
     if has_val:

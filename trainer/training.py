@@ -149,6 +149,9 @@ def _finetune(model: ScopeModel, paths, y_all, tr, va, config: TrainConfig, devi
     for epoch in range(1, config.epochs + 1):
         ds.epoch = epoch
         net.train()
+        for m in net.modules():  # small batches of few cells: keep ImageNet BatchNorm statistics
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
         total, n = 0.0, 0
         for x, y, _, failed in tqdm(dl, desc=f"epoch {epoch}", disable=not progress, leave=False):
             for row, reason in failed:

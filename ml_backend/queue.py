@@ -1,0 +1,158 @@
+"""Coalesced refresh requests on RQ: never a pile of jobs per project.
+
+Per project (its work directory), in Redis:
+  scopeloop:p:<id>:gen            incremented by every label event (webhook, poll, CLI)
+  scopeloop:p:<id>:done:<kind>    the `gen` the last successful refresh of that kind covered
+  scopeloop:p:<id>:pending:<kind> job id of the one queued refresh (SET NX: a burst of 200
+                                  annotations finds it taken and adds nothing)
+  scopeloop:p:<id>:lock           held (with a TTL kept alive by a heartbeat) while a refresh
+                                  trains and publishes: two workers never publish at once
+A refresh job keeps its `pending` key until it holds the lock, so at any time there is at most
+one running and one pending refresh per project and kind. If a worker dies (SIGKILL), its lock
+expires and `gen > done` tells the watchdog (`recover`) to queue the refresh again.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.job import Job
+
+QUEUE_NAME = "scopeloop"
+JOB_FUNC = "scopeloop.refresh.refresh_job"
+KINDS = ("quick", "deep")
+TIMEOUTS = {"quick": 15 * 60, "deep": 6 * 3600}  # RQ's default 180 s would kill trainings
+LOCK_TTL = 60
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def connect_redis(url: str | None = None, timeout: float = 5.0) -> Redis:
+    """A Redis client with short socket timeouts: a down Redis must fail fast, not hang."""
+    return Redis.from_url(url or DEFAULT_REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def project_id(workspace_root: str) -> str:
+    """Short stable id of a project (its work directory) for Redis keys."""
+    return hashlib.sha1(str(workspace_root).encode()).hexdigest()[:12]
+
+
+@dataclass
+class RefreshQueue:
+    redis: Redis
+    queue_name: str = QUEUE_NAME
+
+    def key(self, root: str, *parts: str) -> str:
+        return ":".join(["scopeloop", "p", project_id(root), *parts])
+
+    @property
+    def queue(self) -> Queue:
+        return Queue(self.queue_name, connection=self.redis)
+
+    # --------------------------------------------------------------- requests
+    def note_labels(self, root: str, n: int = 1) -> int:
+        """Record that labels changed; returns the new generation."""
+        self.redis.sadd("scopeloop:projects", str(root))
+        return int(self.redis.incrby(self.key(root, "gen"), n))
+
+    def request(self, root: str, kind: str = "quick", reason: str = "") -> str | None:
+        """Queue one refresh unless one of this kind is already pending; returns the new job id."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown refresh kind '{kind}': use one of {KINDS}")
+        root = str(root)
+        self.redis.sadd("scopeloop:projects", root)
+        job_id = f"refresh-{kind}-{project_id(root)}-{uuid.uuid4().hex[:8]}"
+        if not self.redis.set(self.key(root, "pending", kind), job_id, nx=True, ex=TIMEOUTS[kind] * 2):
+            return None
+        self.queue.enqueue(JOB_FUNC, root, kind, reason, job_id=job_id, job_timeout=TIMEOUTS[kind],
+                           retry=Retry(max=3, interval=[10, 30, 90]), result_ttl=7 * 24 * 3600,
+                           failure_ttl=7 * 24 * 3600, description=f"{kind} refresh of {root} ({reason})")
+        return job_id
+
+    def on_label_event(self, root: str, reason: str = "label", every: int = 1) -> str | None:
+        """A webhook's whole job: count the change, queue a quick refresh every `every` changes."""
+        gen = self.note_labels(root)
+        done = int(self.redis.get(self.key(root, "done", "quick")) or 0)
+        if gen - done >= every:
+            return self.request(root, "quick", reason)
+        return None
+
+    # --------------------------------------------------------------- job side
+    def generation(self, root: str) -> int:
+        return int(self.redis.get(self.key(root, "gen")) or 0)
+
+    def mark_done(self, root: str, kind: str, gen: int) -> None:
+        key = self.key(root, "done", kind)
+        cur = int(self.redis.get(key) or 0)
+        if gen > cur:
+            self.redis.set(key, gen)
+
+    def release_pending(self, root: str, kind: str, job_id: str) -> None:
+        """Called once the job holds the lock: new label events may now queue the next one."""
+        key = self.key(root, "pending", kind)
+        if (self.redis.get(key) or b"").decode() == job_id:
+            self.redis.delete(key)
+
+    @contextmanager
+    def lock(self, root: str, wait_s: float = TIMEOUTS["quick"], poll_s: float = 0.2):
+        """Exclusive right to train+publish for one project; the TTL is renewed while held."""
+        key = self.key(root, "lock")
+        token = uuid.uuid4().hex
+        deadline = time.time() + wait_s
+        while not self.redis.set(key, token, nx=True, ex=LOCK_TTL):
+            if time.time() > deadline:
+                raise TimeoutError(f"another worker holds the refresh lock of {root} for over {wait_s:.0f} s")
+            time.sleep(poll_s)
+        stop = threading.Event()
+
+        def heartbeat():
+            while not stop.wait(LOCK_TTL / 3):
+                if (self.redis.get(key) or b"").decode() == token:
+                    self.redis.expire(key, LOCK_TTL)
+
+        t = threading.Thread(target=heartbeat, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if (self.redis.get(key) or b"").decode() == token:
+                self.redis.delete(key)
+
+    # --------------------------------------------------------------- watching
+    def projects(self) -> list[str]:
+        return sorted(p.decode() for p in self.redis.smembers("scopeloop:projects"))
+
+    def recover(self) -> list[str]:
+        """Queue a quick refresh for projects with labels no refresh has covered and none queued
+        or running (e.g. after a worker was killed). Returns the job ids queued."""
+        queued = []
+        for root in self.projects():
+            behind = self.generation(root) > int(self.redis.get(self.key(root, "done", "quick")) or 0)
+            busy = self.redis.exists(self.key(root, "pending", "quick"), self.key(root, "lock"))
+            if behind and not busy:
+                jid = self.request(root, "quick", "recovery: labels not yet covered by a refresh")
+                if jid:
+                    queued.append(jid)
+        return queued
+
+    def jobs(self, root: str) -> dict:
+        """Queued / running / failed refresh jobs of a project, for `scopeloop status`."""
+        pid = project_id(root)
+        q = self.queue
+        out = {"queued": [], "running": [], "failed": []}
+        for name, ids in (("queued", q.get_job_ids()), ("running", q.started_job_registry.get_job_ids()),
+                          ("failed", q.failed_job_registry.get_job_ids())):
+            for jid in ids:
+                if pid in jid:
+                    job = Job.fetch(jid, connection=self.redis) if name == "failed" else None
+                    out[name].append({"id": jid, "error": (job.latest_result().exc_string.strip().splitlines()[-1]
+                                                          if job and job.latest_result() else None)})
+        return out

@@ -1,0 +1,344 @@
+"""One model refresh: labels in, a better suggested order out.
+
+    read labels from Label Studio -> embed new images (cached) -> train -> gate -> publish
+    -> predict every image -> rank the unlabeled pool with the sampler -> push to Label Studio
+
+* quick: a linear head on cached embeddings (seconds on CPU), after every few labels;
+* deep: fine-tune the backbone (GPU when present), then re-embed everything in the new
+  embedding space; on demand, from Label Studio's "Start training" button, and nightly.
+
+Safe promotion: the new model becomes `current` only if its validation macro-F1 is not worse
+than the current model's by more than `GATE_TOLERANCE`, both measured on the same validation
+images. The validation split is a function of each image's key (a hash), so it stays fixed
+while labels accumulate. A held-back model is kept as a candidate with the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from trainer.workspace import Workspace, read_json, write_json_atomic
+
+GATE_TOLERANCE = float(os.environ.get("SCOPELOOP_GATE_TOLERANCE", "0.02"))
+RANK_BUDGET = int(os.environ.get("SCOPELOOP_RANK_BUDGET", "50"))
+VAL_SHARE = 5  # one image in five (by key hash) validates, when its class has enough labels
+
+
+def is_validation(key: str) -> bool:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % VAL_SHARE == 0
+
+
+def fixed_split(keys: list[str], labels: list[int]) -> tuple[list[int], list[int]]:
+    """Rows (train, val): val by key hash, but never a class's only training examples."""
+    val = [i for i, k in enumerate(keys) if is_validation(k)]
+    counts = np.bincount(labels) if labels else np.zeros(0, int)
+    val = [i for i in val if counts[labels[i]] >= 3]
+    vs = set(val)
+    return [i for i in range(len(keys)) if i not in vs], val
+
+
+def _macro_f1(head, X, y, classes) -> float | None:
+    from trainer.metrics import classification_metrics
+
+    if len(y) == 0:
+        return None
+    return classification_metrics(y, head.predict_proba(X).argmax(1), classes)["macro_f1"]
+
+
+def _current_head(ws: Workspace):
+    """The current model's linear head and its embedding space (None before any model)."""
+    import torch
+
+    from trainer.head import LinearHead
+
+    path = ws.registry.current_path()
+    if path is None:
+        return None, None
+    sd = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
+    cfg = json.loads((path / "config.json").read_text())
+    head = LinearHead(sd["weight"].numpy(), sd["bias"].numpy())
+    return head, read_json(path / "provenance.json", {}).get("embedding_space") or _space_id(cfg, None)
+
+
+def _space_id(cfg: dict, finetuned_from: str | None) -> str:
+    base = f"{cfg['backbone']}-{cfg['image_size']}px"
+    if cfg.get("channels"):
+        base += "-ch" + "_".join(map(str, cfg["channels"]))
+    return base + (f"-ft{finetuned_from}" if finetuned_from else "")
+
+
+class Refresher:
+    """Runs refreshes for one project; the Label Studio client is injected (tests, CLI)."""
+
+    def __init__(self, ws: Workspace, client, device: str | None = None, log=print):
+        self.ws, self.client, self.log = ws, client, log
+        self.device = device
+        p = ws.project
+        self.classes: list[str] = p["classes"]
+        self.model_cfg = p.get("model", {"backbone": "tf_efficientnet_lite0", "weights": "imagenet",
+                                         "image_size": 224, "channels": None})
+
+    # ---------------------------------------------------------------- the space
+    def space(self) -> tuple[str, Path | None]:
+        """Current embedding space id and the fine-tuned backbone file defining it (if any)."""
+        p = self.ws.project
+        ft = p.get("finetuned_backbone")
+        return _space_id(self.model_cfg, p.get("finetuned_version") if ft else None), (Path(ft) if ft else None)
+
+    def _backbone(self, weights_file: Path | None):
+        from trainer.backbone import create_backbone
+
+        return create_backbone(self.model_cfg["backbone"],
+                               str(weights_file) if weights_file else self.model_cfg.get("weights", "imagenet"))
+
+    def embed_all(self, keys: list[str]) -> tuple[list[str], np.ndarray]:
+        """Embeddings of every task image in the current space (new images only are computed)."""
+        from trainer.inference import run_model
+
+        space, weights_file = self.space()
+        root = self.ws.images_root
+        cache = self.ws.embeddings(space)
+        net = {}
+
+        def embed(paths):
+            if "m" not in net:
+                net["m"] = self._backbone(weights_file)
+            m, pre, _ = net["m"]
+            return run_model(m, paths, self.model_cfg["image_size"], pre.mean, pre.std,
+                             self.model_cfg.get("channels"), device=self._torch_device(), desc="embedding")
+
+        all_keys, emb, skipped = cache.update(keys, [root / k for k in keys], embed)
+        if len(skipped):
+            self.log(skipped.summary())
+            write_json_atomic(self.ws.root / "skipped_images.json", skipped.skipped)
+        return all_keys, emb
+
+    def _torch_device(self):
+        import torch
+
+        from trainer.inference import default_device
+
+        return torch.device(self.device) if self.device else default_device()
+
+    # ---------------------------------------------------------------- the refresh
+    def run(self, kind: str = "quick", full_sync: bool | None = None) -> dict:
+        from ml_backend.sync import labels_by_key, sync_labels
+
+        t0 = time.time()
+        pid = self.ws.project["ls_project_id"]
+        task_ids = self.client.task_keys(pid)  # key -> task id, every task of the project
+        snapshot = sync_labels(self.client, self.ws, full=(kind == "deep") if full_sync is None else full_sync)
+        labels = {k: v for k, v in labels_by_key(snapshot).items() if v in self.classes and k in task_ids}
+        t_sync = time.time()
+        if kind == "deep" and len(set(labels.values())) >= 2:
+            self._deep_finetune(labels)
+        keys, emb = self.embed_all(sorted(task_ids))
+        row = {k: i for i, k in enumerate(keys)}
+        t_embed = time.time()
+        lab_keys = [k for k in sorted(labels) if k in row]
+        y = [self.classes.index(labels[k]) for k in lab_keys]
+        outcome = {"kind": kind, "labels": len(lab_keys), "images": len(keys)}
+        probs, version = None, self.ws.registry.current()
+        if len(set(y)) >= 2:
+            version, probs, gate = self._train_and_gate(kind, lab_keys, y, emb[[row[k] for k in lab_keys]], emb)
+            outcome.update(gate)
+        else:
+            outcome["note"] = "fewer than 2 classes labeled: no model yet, cold-start order"
+        t_train = time.time()
+        labeled = np.zeros(len(keys), bool)
+        labeled[[row[k] for k in lab_keys]] = True
+        order = self._rank(emb, probs, labeled)
+        pushed = self._push(keys, task_ids, probs, order, version)
+        outcome.update(pushed)
+        outcome["seconds"] = {"sync": round(t_sync - t0, 2), "embed": round(t_embed - t_sync, 2),
+                              "train": round(t_train - t_embed, 2), "rank_push": round(time.time() - t_train, 2),
+                              "total": round(time.time() - t0, 2)}
+        outcome["finished"] = time.time()
+        self.ws.update_status(**{f"last_{kind}": outcome})
+        with open(self.ws.root / "refresh_history.jsonl", "a") as f:
+            f.write(json.dumps(outcome) + "\n")
+        return outcome
+
+    def _train_and_gate(self, kind, lab_keys, y, X, emb_all):
+        from trainer.head import fit_head
+
+        tr, va = fixed_split(lab_keys, y)
+        head = fit_head(X[tr], np.asarray(y)[tr], len(self.classes), X_val=X[va] if va else None,
+                        y_val=np.asarray(y)[va] if va else None)
+        new_f1 = _macro_f1(head, X[va], np.asarray(y)[va], self.classes)
+        cur_head, cur_space = _current_head(self.ws)
+        space, _ = self.space()
+        cur_f1 = None
+        if cur_head is not None and va:
+            if cur_space == space:
+                cur_f1 = _macro_f1(cur_head, X[va], np.asarray(y)[va], self.classes)
+            else:  # the current model lives in another embedding space: score it there
+                ck, ce = self.ws.embeddings(cur_space).load()
+                crow = {k: i for i, k in enumerate(ck)}
+                vk = [lab_keys[i] for i in va if lab_keys[i] in crow]
+                if vk:
+                    cur_f1 = _macro_f1(cur_head, ce[[crow[k] for k in vk]],
+                                       np.asarray([y[lab_keys.index(k)] for k in vk]), self.classes)
+        if cur_head is None:
+            promote, reason = True, "first model"
+        elif new_f1 is None or cur_f1 is None:
+            promote, reason = True, "no validation images yet: promoted without comparison"
+        elif new_f1 >= cur_f1 - GATE_TOLERANCE:
+            promote, reason = True, f"validation macro-F1 {new_f1:.3f} vs current {cur_f1:.3f} (tolerance {GATE_TOLERANCE})"
+        else:
+            promote, reason = False, f"held back: validation macro-F1 {new_f1:.3f} < current {cur_f1:.3f} - {GATE_TOLERANCE}"
+        version = self._save(kind, head, lab_keys, y, tr, va, promote, reason, new_f1, cur_f1)
+        self.log(f"model {version}: {reason}")
+        if promote:
+            probs = head.predict_proba(emb_all)
+        else:  # keep serving the current model
+            version = self.ws.registry.current()
+            probs = cur_head.predict_proba(emb_all) if cur_space == space else None
+            if probs is None:
+                cached = self.ws.load_predictions(version)
+                probs = cached["probs"] if cached is not None and len(cached["probs"]) == len(emb_all) else head.predict_proba(emb_all)
+        return version, probs, {"candidate": version if promote else None, "promoted": promote,
+                                "gate": reason, "val_macro_f1": new_f1, "current_val_macro_f1": cur_f1}
+
+    def _save(self, kind, head, lab_keys, y, tr, va, promote, reason, new_f1, cur_f1) -> str:
+        from trainer.metrics import classification_metrics, write_qc
+        from trainer.model import Classifier, ModelConfig, ScopeModel
+
+        space, weights_file = self.space()
+        backbone, pre, source = self._backbone(weights_file)
+        cfg = ModelConfig(self.classes, self.model_cfg["backbone"], self.model_cfg.get("weights", "imagenet"),
+                          self.model_cfg["image_size"], self.model_cfg.get("channels"), list(pre.mean), list(pre.std), source)
+        net = Classifier(backbone, len(self.classes))
+        net.head = head.to_linear()
+        model = ScopeModel(cfg, net, backbone_finetuned=weights_file is not None)
+        yv = np.asarray(y)
+        emb_keys = lab_keys
+        cache_keys, cache_emb = self.ws.embeddings(space).load()
+        crow = {k: i for i, k in enumerate(cache_keys)}
+        Xv = cache_emb[[crow[emb_keys[i]] for i in va]] if va else None
+        metrics = {
+            "validation": classification_metrics(yv[va], head.predict_proba(Xv).argmax(1), self.classes) if va else {"n": 0},
+            "counts": {"train": {c: int((yv[tr] == i).sum()) for i, c in enumerate(self.classes)},
+                       "validation": {c: int((yv[va] == i).sum()) for i, c in enumerate(self.classes)}},
+            "gate": {"promoted": promote, "reason": reason, "val_macro_f1": new_f1, "current_val_macro_f1": cur_f1},
+            "labels": len(lab_keys),
+        }
+        reg = self.ws.registry
+        with reg.staging() as tmp:
+            model.save(tmp)
+            write_qc(tmp, metrics, head.history, head.best_epoch)
+            write_json_atomic(tmp / "provenance.json", {
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": kind, "embedding_space": space,
+                "weights_source": source, "device": str(self._torch_device()), "labels": len(lab_keys),
+                "validation_keys": [emb_keys[i] for i in va], "promoted": promote, "reason": reason,
+            })
+            return reg.publish(tmp, make_current=promote, reason=reason)
+
+    def _deep_finetune(self, labels: dict) -> None:
+        """Fine-tune the backbone on all labels; the fine-tuned backbone defines a new space."""
+        from trainer.training import TrainConfig, train
+
+        keys = sorted(labels)
+        root = self.ws.images_root
+        cfg = TrainConfig(backbone=self.model_cfg["backbone"], weights=self.model_cfg.get("weights", "imagenet"),
+                          mode="full", image_size=self.model_cfg["image_size"], channels=self.model_cfg.get("channels"),
+                          epochs=int(os.environ.get("SCOPELOOP_DEEP_EPOCHS", "10")), device=self.device)
+        y = [self.classes.index(labels[k]) for k in keys]
+        res = train([root / k for k in keys], [labels[k] for k in keys], self.classes, cfg, split=fixed_split(keys, y))
+        import torch
+
+        out = self.ws.root / "backbones"
+        out.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = out / f"backbone-{stamp}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(res.model.net.backbone.state_dict(), tmp)
+        os.replace(tmp, path)
+        self.ws.update_project(finetuned_backbone=str(path), finetuned_version=stamp,
+                               last_deep={"labels": len(keys), "metrics": res.metrics.get("validation", {}).get("macro_f1"),
+                                          "epochs": len(res.history), "best_epoch": res.best_epoch})
+        self.log(f"deep refresh: backbone fine-tuned on {len(keys)} labels -> {path.name}")
+
+    # ---------------------------------------------------------------- ordering
+    def _rank(self, emb, probs, labeled) -> np.ndarray:
+        """Unlabeled rows, best to label first: the sampler's picks, then by uncertainty."""
+        import sampler
+
+        unl = np.flatnonzero(~labeled)
+        if len(unl) == 0:
+            return unl
+        picks = sampler.select(emb, probs, labeled, min(RANK_BUDGET, len(unl)), strategy="hybrid")
+        head = [p.row for p in picks]
+        chosen = set(head)
+        rest = np.array([r for r in unl if r not in chosen], dtype=np.int64)
+        if len(rest) and probs is not None:
+            p = np.sort(probs[rest], 1)
+            margin = p[:, -1] - (p[:, -2] if p.shape[1] > 1 else 0)
+            rest = rest[np.argsort(margin, kind="stable")]
+        self.ws.update_status(last_picks=[{"key": p.key, "row": p.row, "score": p.score, "reason": p.reason} for p in picks[:20]])
+        return np.concatenate([np.asarray(head, dtype=np.int64), rest])
+
+    def _push(self, keys, task_ids, probs, order, version) -> dict:
+        from ml_backend.labelstudio import PredictionRow
+
+        pid = self.ws.project["ls_project_id"]
+        if probs is not None and version is not None:
+            self.ws.save_predictions(version, keys, probs, self.classes)
+        n = self.ws.status.get("pushes", 0) + 1
+        ls_version = f"scopeloop-v{version or '000'}-{n:05d}"
+        rows = []
+        for rank, r in enumerate(order):
+            if probs is not None:
+                k = int(np.argmax(probs[r]))
+                rows.append(PredictionRow(task_ids[keys[r]], self.classes[k], float(probs[r, k]), rank))
+            else:
+                rows.append(PredictionRow(task_ids[keys[r]], None, 0.0, rank))
+        report = self.client.push_predictions(pid, rows, ls_version, from_name=self.ws.project.get("from_name", "label"),
+                                              to_name=self.ws.project.get("to_name", "image"))
+        self.ws.update_status(pushes=n, ls_model_version=ls_version, serving_version=version)
+        return {"ls_model_version": ls_version, "pushed": report.created,
+                "push_seconds": round(report.import_s + report.switch_s, 2), "prune_seconds": round(report.prune_s, 2)}
+
+
+def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
+    """The RQ job: take the project's lock, then refresh; marks the label generation covered."""
+    from rq import get_current_job
+
+    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.queue import RefreshQueue
+    from scopeloop.settings import load_settings
+
+    settings = load_settings()
+    job = get_current_job()
+    q = RefreshQueue(job.connection)
+    with q.lock(root, wait_s=3600):
+        q.release_pending(root, kind, job.id)
+        gen = q.generation(root)
+        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+        ws = Workspace(Path(root))
+        try:
+            outcome = Refresher(ws, client, device=settings.device or None).run(kind)
+        except Exception as exc:
+            ws.update_status(last_error={"kind": kind, "time": time.time(), "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        q.mark_done(root, "quick", gen)
+        if kind == "deep":
+            q.mark_done(root, "deep", gen)
+            q.redis.set(q.key(root, "labels_at_deep"), outcome.get("labels", 0))
+        elif _deep_due(q, root, outcome):
+            q.request(root, "deep", f"{outcome['labels']} labels: enough new since the last deep refresh")
+    return outcome
+
+
+def _deep_due(q, root: str, outcome: dict) -> bool:
+    min_new = int(os.environ.get("SCOPELOOP_DEEP_MIN_NEW", "200"))
+    if min_new <= 0:
+        return False
+    last = int(q.redis.get(q.key(root, "labels_at_deep")) or 0)
+    return outcome.get("labels", 0) - last >= min_new

@@ -1,0 +1,83 @@
+"""Time-driven refreshes, running inside `scopeloop worker --scheduler` (or cron/SLURM).
+
+Every tick (30 s by default):
+* recovery: a project with labels no refresh has covered and nothing queued or running (a
+  worker was killed, Redis was restarted) gets its quick refresh queued again;
+* lost webhooks: Label Studio's annotation count is compared with the last label snapshot,
+  and a difference queues a refresh (Label Studio never retries a failed webhook);
+* nightly: once per calendar day, after SCOPELOOP_NIGHTLY_AT (local time, default 02:00), a
+  deep refresh per project. A Redis SET NX per project and day makes it fire once even with
+  several schedulers. The clock is injectable, so tests shift it instead of waiting.
+"""
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Callable
+
+from ml_backend.queue import RefreshQueue
+
+
+def nightly_time(now: float, at: str) -> float:
+    """Epoch seconds of today's nightly slot (local time)."""
+    hh, mm = (int(x) for x in at.split(":"))
+    d = datetime.fromtimestamp(now)
+    return d.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+
+
+class Scheduler:
+    def __init__(self, queue: RefreshQueue, nightly_at: str | None = None, clock: Callable[[], float] = time.time,
+                 client_factory: Callable | None = None, log=print):
+        self.queue, self.clock, self.client_factory, self.log = queue, clock, client_factory, log
+        self.nightly_at = nightly_at or os.environ.get("SCOPELOOP_NIGHTLY_AT", "02:00")
+
+    def tick(self) -> list[str]:
+        now = self.clock()
+        queued = self.queue.recover()
+        for root in self.queue.projects():
+            if now >= nightly_time(now, self.nightly_at):
+                day = datetime.fromtimestamp(now).strftime("%Y-%m-%d")
+                if self.queue.redis.set(self.queue.key(root, "nightly", day), "1", nx=True, ex=int(timedelta(days=3).total_seconds())):
+                    jid = self.queue.request(root, "deep", f"nightly refresh {day}")
+                    if jid:
+                        queued.append(jid)
+            if self.client_factory is not None:
+                jid = self._check_missed_labels(root)
+                if jid:
+                    queued.append(jid)
+        for jid in queued:
+            self.log(f"scheduler queued {jid}")
+        return queued
+
+    def _check_missed_labels(self, root: str) -> str | None:
+        from ml_backend.sync import annotation_count
+        from trainer.workspace import Workspace
+
+        ws = Workspace(Path(root))
+        pid = ws.project.get("ls_project_id")
+        if pid is None:
+            return None
+        try:
+            info = self.client_factory().get_project(pid)
+        except Exception as exc:  # Label Studio briefly down: try again next tick
+            self.log(f"scheduler: cannot reach Label Studio for {root}: {exc}")
+            return None
+        in_ls = int(info.get("total_annotations_number") or 0)
+        seen = annotation_count(ws.labels)
+        if in_ls != seen:
+            self.queue.note_labels(root)
+            return self.queue.request(root, "quick", f"Label Studio has {in_ls} annotations, last sync saw {seen}")
+        return None
+
+    def run_forever(self, every_s: float = 30.0, stop=None) -> None:
+        while stop is None or not stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # never let the scheduler thread die
+                self.log(f"scheduler tick failed: {type(exc).__name__}: {exc}")
+            if stop is not None:
+                stop.wait(every_s)
+            else:
+                time.sleep(every_s)

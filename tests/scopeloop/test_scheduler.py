@@ -1,0 +1,49 @@
+from datetime import datetime
+
+from rq import Queue
+
+from ml_backend.queue import QUEUE_NAME, RefreshQueue
+from scopeloop.scheduler import Scheduler
+
+
+def test_nightly_deep_refresh_fires_once_per_day_with_shifted_clock(redis_conn):
+    q = RefreshQueue(redis_conn)
+    redis_conn.sadd("scopeloop:projects", "/p/n")
+    clock = {"now": datetime(2026, 11, 22, 1, 0).timestamp()}
+    s = Scheduler(q, nightly_at="02:00", clock=lambda: clock["now"], log=lambda *_: None)
+    assert s.tick() == []  # 01:00: not yet
+    clock["now"] = datetime(2026, 11, 22, 2, 1).timestamp()
+    fired = s.tick()
+    assert len(fired) == 1 and fired[0].startswith("refresh-deep-")
+    job = Queue(QUEUE_NAME, connection=redis_conn).fetch_job(fired[0])
+    assert job.args[1] == "deep" and "nightly" in job.args[2]
+    redis_conn.delete(q.key("/p/n", "pending", "deep"))
+    clock["now"] = datetime(2026, 11, 22, 23, 0).timestamp()
+    assert s.tick() == []  # same day: not again, even with nothing pending
+    clock["now"] = datetime(2026, 11, 23, 2, 30).timestamp()
+    assert len(s.tick()) == 1  # next night
+
+
+class _FakeLS:
+    """Stands in for Label Studio's project endpoint only (tests of the real one are e2e)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def get_project(self, pid):
+        return {"total_annotations_number": self.n}
+
+
+def test_lost_webhook_is_noticed_from_label_studio_counts(redis_conn, tmp_path):
+    from trainer.workspace import Workspace
+
+    ws = Workspace(tmp_path / "proj")
+    ws.update_project(ls_project_id=7, classes=["a", "b"])
+    ws.save_labels({"cursor": None, "project_id": 7, "tasks": {"1": {"key": "x.png", "label": "a", "n_annotations": 1, "annotations": []}}})
+    q = RefreshQueue(redis_conn)
+    redis_conn.sadd("scopeloop:projects", str(ws.root))
+    s = Scheduler(q, nightly_at="23:59", clock=lambda: datetime(2026, 1, 1, 12).timestamp(),
+                  client_factory=lambda: _FakeLS(1), log=lambda *_: None)
+    assert s.tick() == []
+    s.client_factory = lambda: _FakeLS(3)  # two annotations whose webhooks never arrived
+    assert len(s.tick()) == 1
