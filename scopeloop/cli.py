@@ -174,6 +174,50 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _class_list(text: str | None):
+    if not text:
+        return None
+    p = Path(text)
+    items = p.read_text().splitlines() if p.is_file() else text.split(",")
+    classes = [c.strip() for c in items if c.strip()]
+    if len(classes) < 2:
+        raise UserError(f"--classes '{text}': give at least two cell types, comma-separated or one per line in a file")
+    return classes
+
+
+def cmd_init(args) -> int:
+    from scopeloop import projects
+    from scopeloop.settings import load_settings
+
+    settings = load_settings()
+    if not settings.label_studio_api_key:
+        raise UserError("LABEL_STUDIO_API_KEY is not set: copy the token from Label Studio (Account & Settings) into it")
+    model = {"image_size": args.image_size, "backbone": args.backbone}
+    if args.channels:
+        model["channels"] = _channels(args.channels)
+    ws, report = projects.init(settings, args.project, args.images, _class_list(args.classes), labels=args.labels,
+                               backend_url=None if args.no_backend else settings.backend_url, model=model)
+    print(report.summary())
+    print(f"work directory: {ws.root}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from scopeloop.demo import run_demo
+    from scopeloop.settings import load_settings
+
+    run_demo(load_settings(), images=args.images, classes=_class_list(args.classes), port=args.port,
+             backend_port=args.backend_port)
+    return 0
+
+
+def cmd_backend(args) -> int:
+    from ml_backend.app import create_app
+
+    create_app().run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scopeloop", description="Active-learning annotation for microscopy image classification.")
     p.add_argument("--version", action="version", version="scopeloop 0.1.0")
@@ -226,7 +270,42 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Per project: labeled/unlabeled counts, current model and metrics, jobs, last refresh times.")
     st.add_argument("--project", default="default", help="project name (default: %(default)s)")
     st.set_defaults(func=cmd_status)
+
+    i = sub.add_parser("init", help="create or update the Label Studio project for a folder of images",
+                       description="One task per image (PNG previews for TIFF/16-bit), ML backend connected, suggested order set up. "
+                                   "Re-running adds only new images. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.")
+    i.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    i.add_argument("--classes", help="cell types, comma-separated or a file with one per line (default with --labels imagefolder: the folder names)")
+    i.add_argument("--labels", help="existing labels to import: a CSV file with columns file,label, or the word 'imagefolder'")
+    i.add_argument("--project", default="default", help="project name (default: %(default)s)")
+    i.add_argument("--backbone", default="tf_efficientnet_lite0")
+    i.add_argument("--image-size", type=int, default=224)
+    i.add_argument("--channels", help="image channels feeding R,G,B, e.g. 0,2,1")
+    i.add_argument("--no-backend", action="store_true", help="do not connect the ML backend (SCOPELOOP_BACKEND_URL)")
+    i.set_defaults(func=cmd_init)
+
+    d = sub.add_parser("demo", help="start Label Studio, the ML backend and a worker on sample images (one command)",
+                       description="Everything on this machine: embedded Redis, Label Studio, ML backend, worker; "
+                                   "a project on the bundled sample (or --images/--classes), pre-annotated and ordered.")
+    d.add_argument("--images", help="your own image folder (default: the bundled white blood cell sample)")
+    d.add_argument("--classes", help="cell types, comma-separated (default: the image folder's sub-folder names)")
+    d.add_argument("--port", type=int, default=8080, help="Label Studio port (default: %(default)s)")
+    d.add_argument("--backend-port", type=int, default=9090, help="ML backend port (default: %(default)s)")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("backend", help="run the ML backend HTTP service Label Studio calls",
+                       description="Flask service: /health, /setup, /predict, /webhook (production: gunicorn ml_backend.wsgi:app).")
+    b.add_argument("--host", default="0.0.0.0")
+    b.add_argument("--port", type=int, default=9090)
+    b.set_defaults(func=cmd_backend)
     return p
+
+
+def _service_errors():
+    from ml_backend.labelstudio import LabelStudioError
+    from scopeloop.services import ServiceError
+
+    return (LabelStudioError, ServiceError)
 
 
 def main(argv=None) -> int:
@@ -238,7 +317,8 @@ def main(argv=None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ImageReadError, WeightsUnavailableError, RegistryError, FileNotFoundError, ValueError) as exc:
+    except (UserError, ImageReadError, WeightsUnavailableError, RegistryError, FileNotFoundError, ValueError,
+            _service_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

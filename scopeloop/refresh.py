@@ -288,17 +288,19 @@ class Refresher:
         from ml_backend.labelstudio import PredictionRow
 
         pid = self.ws.project["ls_project_id"]
-        if probs is not None and version is not None:
-            self.ws.save_predictions(version, keys, probs, self.classes)
+        rank = np.full(len(keys), -1, dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        if probs is not None and version is not None:  # the backend serves live /predict from this
+            self.ws.save_predictions(version, keys, probs, self.classes, rank=rank)
         n = self.ws.status.get("pushes", 0) + 1
         ls_version = f"scopeloop-v{version or '000'}-{n:05d}"
         rows = []
-        for rank, r in enumerate(order):
+        for pos, r in enumerate(order):
             if probs is not None:
                 k = int(np.argmax(probs[r]))
-                rows.append(PredictionRow(task_ids[keys[r]], self.classes[k], float(probs[r, k]), rank))
+                rows.append(PredictionRow(task_ids[keys[r]], self.classes[k], float(probs[r, k]), pos))
             else:
-                rows.append(PredictionRow(task_ids[keys[r]], None, 0.0, rank))
+                rows.append(PredictionRow(task_ids[keys[r]], None, 0.0, pos))
         report = self.client.push_predictions(pid, rows, ls_version, from_name=self.ws.project.get("from_name", "label"),
                                               to_name=self.ws.project.get("to_name", "image"))
         self.ws.update_status(pushes=n, ls_model_version=ls_version, serving_version=version)

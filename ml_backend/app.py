@@ -1,0 +1,318 @@
+"""The ML backend Label Studio 1.23 calls: `/health`, `/setup`, `/predict`, `/webhook`.
+
+Same response shapes as Label Studio's own ML backends (label-studio-ml), on Flask 3. What
+LS sends and expects (measured on 1.23.2, /work/shared/ENVIRONMENT.md):
+
+* `GET /health` (1 s timeout, before every /setup) -> `{"status": "UP", "model_class": ...}`.
+  Always open (no auth), never touches Redis or the disk.
+* `POST /setup` (3 s) `{"project": "<id>.<ts>", "schema": <config XML>, ...}` ->
+  `{"model_version": v}` where v is the version of the predictions live in LS
+  (`status.json` `ls_model_version`) or "untrained". Never anything else: LS re-predicts
+  every task whose prediction version differs. An UNKNOWN project still gets 200 and
+  "untrained" (plus a `warning`): `scopeloop init` connects the backend before its
+  project.json records the LS project id, and a 4xx here would make that connect fail. A
+  config whose choices do not fit the model is a `warning` here too (the connection works;
+  /predict then withholds predictions and says why).
+* `POST /predict` (100 s) `{"tasks": [...], "project": "<id>.<ts>", "label_config": XML, ...}`
+  -> `{"results": [one item per task, in order], "model_version": v}`; see
+  `ml_backend.predictor`. Unknown project -> 404 JSON error.
+* `POST /webhook` (1 s, inside the annotator's save request, never retried): counts the
+  change and queues a coalesced refresh through `RefreshQueue`, then answers. Redis down ->
+  still 200 within ~0.5 s with `"queued": false` and a note (labels are safe in LS; the
+  poller reconciles), a warning in the log, and Redis is not retried for a few seconds.
+    ANNOTATION_CREATED / ANNOTATIONS_CREATED / ANNOTATION_UPDATED / ANNOTATIONS_DELETED /
+    TASKS_DELETED -> label event (quick refresh every SCOPELOOP_REFRESH_EVERY changes)
+    START_TRAINING -> deep refresh;  TASKS_CREATED -> quick refresh (embed + predict new images)
+    anything else -> 200 "ignored" (LS's ML webhook is created with send_for_all_actions).
+
+Auth (optional, environment; /health stays open):
+  SCOPELOOP_BACKEND_USER + SCOPELOOP_BACKEND_PASSWORD  HTTP basic auth (what LS's ML backend
+                                                       form offers: "Basic Auth")
+  SCOPELOOP_BACKEND_TOKEN (or Settings.backend_token)   `Authorization: Token x` / `Bearer x`
+  SCOPELOOP_BACKEND_WEBHOOK_AUTH=1                      also require it on /webhook. Off by
+      default: the webhook LS creates for an ML backend carries no credentials (LS 1.23
+      `create_ml_webhook` sets no headers), so requiring auth there would silently drop
+      every training event unless the webhook's headers are set in LS.
+Other environment: SCOPELOOP_REFRESH_EVERY (default 1), SCOPELOOP_PREDICT_MAX_COMPUTE (512).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from redis import Redis
+
+from ml_backend.predictor import UNTRAINED, Predictor, check_label_config, live_model_version
+from ml_backend.projects import ProjectIndex, parse_project_id
+from ml_backend.queue import QUEUE_NAME, RefreshQueue
+
+log = logging.getLogger(__name__)
+
+MODEL_CLASS = "scopeloop"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_TIMEOUT_S = 0.25          # connect and read: a webhook answers in < 1 s even if Redis hangs
+REDIS_BACKOFF_S = 5.0           # after a Redis failure, skip it for this long (answer at once)
+
+LABEL_EVENTS = {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
+                "ANNOTATIONS_DELETED", "TASKS_DELETED"}
+REFRESH_EVENTS = {"START_TRAINING": "deep", "TASKS_CREATED": "quick"}
+
+
+def env_setting(name: str, default: str = "") -> str:
+    """One environment variable (the backend's own settings are not in scopeloop.settings)."""
+    return os.environ.get(name, default).strip()
+
+
+def _truthy(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class AuthConfig:
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    webhook: bool = False     # require auth on /webhook too
+
+    @classmethod
+    def from_env(cls, settings=None) -> "AuthConfig":
+        return cls(user=env_setting("SCOPELOOP_BACKEND_USER"),
+                   password=env_setting("SCOPELOOP_BACKEND_PASSWORD"),
+                   token=env_setting("SCOPELOOP_BACKEND_TOKEN") or getattr(settings, "backend_token", "") or "",
+                   webhook=_truthy(env_setting("SCOPELOOP_BACKEND_WEBHOOK_AUTH")))
+
+    @property
+    def enabled(self) -> bool:
+        return bool((self.user and self.password) or self.token)
+
+    def check(self, header: str | None) -> bool:
+        if not self.enabled:
+            return True
+        scheme, _, value = (header or "").strip().partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if scheme in ("token", "bearer") and self.token:
+            return hmac.compare_digest(value.encode(), self.token.encode())
+        if scheme == "basic" and self.user and self.password:
+            try:
+                user, _, pw = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            return (hmac.compare_digest(user.encode(), self.user.encode())
+                    & hmac.compare_digest(pw.encode(), self.password.encode()))
+        return False
+
+
+@dataclass
+class Backend:
+    """Per-app state: project lookup, one predictor per project, the refresh queue."""
+
+    settings: Any
+    index: ProjectIndex
+    auth: AuthConfig
+    redis_url: str
+    queue_name: str | None = None
+    refresh_every: int = 1
+    max_compute: int = 512
+    predictors: dict = field(default_factory=dict)
+    _queue: Any = None
+    _redis_down_until: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def predictor(self, ws) -> Predictor:
+        key = str(ws.root)
+        with self._lock:
+            p = self.predictors.get(key)
+            if p is None:
+                p = self.predictors[key] = Predictor(ws, device=getattr(self.settings, "device", "") or None,
+                                                     max_compute=self.max_compute)
+            return p
+
+    def refresh_queue(self):
+        if self._queue is None:
+            r = Redis.from_url(self.redis_url, socket_timeout=REDIS_TIMEOUT_S,
+                               socket_connect_timeout=REDIS_TIMEOUT_S, retry_on_timeout=False,
+                               health_check_interval=0)
+            self._queue = RefreshQueue(r, self.queue_name or QUEUE_NAME)
+        return self._queue
+
+    def enqueue(self, root: str, action: str) -> dict:
+        """Count / queue a refresh for a webhook; never raises, never waits more than ~0.5 s."""
+        now = time.monotonic()
+        if now < self._redis_down_until:
+            return {"queued": False, "note": "Redis unavailable (recent failure); refresh not queued. "
+                    "Labels are safe in Label Studio; the poller / next refresh picks them up."}
+        try:
+            q = self.refresh_queue()
+            if action in REFRESH_EVENTS:
+                kind = REFRESH_EVENTS[action]
+                job = q.request(root, kind, reason=f"webhook {action}")
+            else:
+                kind = "quick"
+                job = q.on_label_event(root, reason=f"webhook {action}", every=self.refresh_every)
+        except Exception as e:  # RedisError, OSError, ...: the annotator's save must not fail
+            self._redis_down_until = time.monotonic() + REDIS_BACKOFF_S
+            log.warning("webhook %s for %s: cannot queue a refresh (%s: %s); labels are safe in "
+                        "Label Studio, the poller reconciles", action, root, type(e).__name__, e)
+            return {"queued": False, "note": f"Redis unavailable ({type(e).__name__}); refresh not "
+                    "queued. Labels are safe in Label Studio; the poller / next refresh picks them up."}
+        return {"queued": True, "refresh": kind, "job_id": job,
+                "coalesced": job is None}
+
+
+def _json_body() -> tuple[dict | None, Any]:
+    """(body, None) or (None, error response) for a request that must carry a JSON object."""
+    raw = request.get_data(cache=True)
+    if not raw or not raw.strip():
+        return None, (jsonify(error="empty request body: expected a JSON object"), 400)
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        return None, (jsonify(error="malformed JSON in request body: expected a JSON object "
+                              "such as Label Studio sends"), 400)
+    if not isinstance(body, dict):
+        return None, (jsonify(error=f"request body must be a JSON object, got {type(body).__name__}"), 400)
+    return body, None
+
+
+def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
+    """The backend app. `settings`: a `scopeloop.settings.Settings` (default: from environment).
+
+    `queue_name` overrides the RQ queue (tests); workers listen on `ml_backend.queue.QUEUE_NAME`.
+    """
+    if settings is None:
+        from scopeloop.settings import load_settings
+
+        settings = load_settings()
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    backend = Backend(
+        settings=settings,
+        index=ProjectIndex(settings.home),
+        auth=AuthConfig.from_env(settings),
+        redis_url=getattr(settings, "redis_url", "") or DEFAULT_REDIS_URL,
+        queue_name=queue_name,
+        refresh_every=max(1, int(env_setting("SCOPELOOP_REFRESH_EVERY", "1") or 1)),
+        max_compute=max(1, int(env_setting("SCOPELOOP_PREDICT_MAX_COMPUTE", "512") or 512)),
+    )
+    app.extensions["scopeloop"] = backend
+    if backend.auth.enabled and not backend.auth.webhook:
+        log.info("auth enabled for /setup and /predict; /webhook stays open "
+                 "(set SCOPELOOP_BACKEND_WEBHOOK_AUTH=1 to require it there too)")
+
+    @app.before_request
+    def _auth():
+        path = request.path.rstrip("/") or "/"
+        if path in ("/", "/health") or (path == "/webhook" and not backend.auth.webhook):
+            return None
+        if not backend.auth.check(request.headers.get("Authorization")):
+            resp = jsonify(error="authentication required: HTTP basic auth (the ML backend's "
+                                 "Basic Auth user/password) or 'Authorization: Token <token>'")
+            resp.status_code = 401
+            resp.headers["WWW-Authenticate"] = 'Basic realm="scopeloop"'
+            return resp
+        return None
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException):
+        return jsonify(error=f"{e.code} {e.name}: {e.description}"), e.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception):
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return jsonify(error=f"internal error in the scopeloop ML backend ({type(e).__name__}: {e}); "
+                             "see the backend's log"), 500
+
+    @app.get("/health")
+    @app.get("/")
+    def health():
+        return jsonify(status="UP", model_class=MODEL_CLASS)
+
+    @app.post("/setup")
+    def setup():
+        body, err = _json_body()
+        if err:
+            return err
+        ws = backend.index.find(body.get("project"))
+        if ws is None:
+            pid = parse_project_id(body.get("project"))
+            log.warning("/setup for Label Studio project %r: no work directory under %s/projects "
+                        "has this ls_project_id (yet)", body.get("project"), settings.home)
+            return jsonify(model_version=UNTRAINED,
+                           warning=f"Label Studio project {pid if pid is not None else body.get('project')!r} "
+                                   f"is not (yet) known to scopeloop: no project.json under "
+                                   f"{settings.home}/projects has ls_project_id {pid}. "
+                                   "Run `scopeloop init`; predictions start after it.")
+        out = {"model_version": live_model_version(ws)}
+        version = ws.registry.current()
+        if version and body.get("schema"):
+            _, problem = check_label_config(body["schema"], backend.predictor(ws).model_classes(version))
+            if problem:
+                log.warning("/setup for %s: %s", ws.root, problem)
+                out["warning"] = problem
+        return jsonify(out)
+
+    @app.post("/predict")
+    def predict():
+        body, err = _json_body()
+        if err:
+            return err
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            return jsonify(error="'tasks' must be a list of task objects "
+                                 '({"id": ..., "data": {...}})'), 400
+        project = body.get("project")
+        if project is None and tasks:
+            project = tasks[0].get("project")
+        ws = backend.index.find(project)
+        if ws is None:
+            return jsonify(error=f"unknown project {project!r}: no project.json under "
+                                 f"{settings.home}/projects has this ls_project_id; run `scopeloop "
+                                 "init` (or check SCOPELOOP_HOME)"), 404
+        t0 = time.perf_counter()
+        outcome = backend.predictor(ws).predict(tasks, body.get("label_config"))
+        log.info("/predict %s: %d task(s) in %.2f s %s", ws.root.name, len(tasks),
+                 time.perf_counter() - t0, outcome.counts)
+        return jsonify(outcome.as_response())
+
+    @app.post("/webhook")
+    def webhook():
+        body, err = _json_body()
+        if err:
+            return err
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            return jsonify(error="webhook body has no 'action'"), 400
+        if action not in LABEL_EVENTS and action not in REFRESH_EVENTS:
+            return jsonify(status="ignored", action=action)
+        project = body.get("project")
+        if project is None and isinstance(body.get("task"), dict):
+            project = body["task"].get("project")
+        try:
+            ws = backend.index.find(project)
+        except Exception as e:  # an unreadable work dir must not fail the annotator's save
+            log.exception("webhook %s: project lookup failed", action)
+            return jsonify(status="error", action=action, queued=False,
+                           note=f"project lookup failed ({type(e).__name__}: {e})")
+        if ws is None:
+            return jsonify(status="unknown project", action=action,
+                           error=f"unknown project {parse_project_id(project)!r}: no project.json "
+                                 f"under {settings.home}/projects has this ls_project_id"), 404
+        result = backend.enqueue(str(ws.root), action)
+        return jsonify(status="ok", action=action, project=parse_project_id(project), **result)
+
+    @app.route("/versions", methods=["GET", "POST"])
+    def versions():
+        body = request.get_json(force=True, silent=True) or {}
+        ws = backend.index.find(body.get("project")) if isinstance(body, dict) else None
+        return jsonify(versions=[live_model_version(ws) if ws else UNTRAINED])
+
+    return app

