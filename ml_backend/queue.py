@@ -14,6 +14,7 @@ expires and `gen > done` tells the watchdog (`recover`) to queue the refresh aga
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import uuid
@@ -28,7 +29,7 @@ QUEUE_NAME = "scopeloop"
 JOB_FUNC = "scopeloop.refresh.refresh_job"
 KINDS = ("quick", "deep")
 TIMEOUTS = {"quick": 15 * 60, "deep": 6 * 3600}  # RQ's default 180 s would kill trainings
-LOCK_TTL = 60
+LOCK_TTL = int(os.environ.get("SCOPELOOP_LOCK_TTL", "60"))  # a killed worker's lock frees itself after this
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -89,6 +90,7 @@ class RefreshQueue:
         return int(self.redis.get(self.key(root, "gen")) or 0)
 
     def mark_done(self, root: str, kind: str, gen: int) -> None:
+        self.redis.delete(self.key(root, "started", kind))
         key = self.key(root, "done", kind)
         cur = int(self.redis.get(key) or 0)
         if gen > cur:
@@ -130,17 +132,31 @@ class RefreshQueue:
     def projects(self) -> list[str]:
         return sorted(p.decode() for p in self.redis.smembers("scopeloop:projects"))
 
+    def register(self, roots) -> None:
+        """Make projects known to the watchdog (after a Redis restart the set is empty)."""
+        roots = [str(r) for r in roots]
+        if roots:
+            self.redis.sadd("scopeloop:projects", *roots)
+
+    def mark_started(self, root: str, kind: str) -> None:
+        """A refresh of this kind began; cleared by `mark_done`. Left set by a killed worker."""
+        self.redis.set(self.key(root, "started", kind), "1")
+
     def recover(self) -> list[str]:
-        """Queue a quick refresh for projects with labels no refresh has covered and none queued
-        or running (e.g. after a worker was killed). Returns the job ids queued."""
+        """Queue again what a killed worker left undone: a quick refresh for labels no refresh
+        has covered, a deep refresh that started and never finished; only when nothing of that
+        kind is queued and no worker holds the project's lock. Returns the job ids queued."""
         queued = []
         for root in self.projects():
+            if self.redis.exists(self.key(root, "lock")):
+                continue
             behind = self.generation(root) > int(self.redis.get(self.key(root, "done", "quick")) or 0)
-            busy = self.redis.exists(self.key(root, "pending", "quick"), self.key(root, "lock"))
-            if behind and not busy:
-                jid = self.request(root, "quick", "recovery: labels not yet covered by a refresh")
-                if jid:
-                    queued.append(jid)
+            todo = {"quick": behind, "deep": bool(self.redis.exists(self.key(root, "started", "deep")))}
+            for kind, needed in todo.items():
+                if needed and not self.redis.exists(self.key(root, "pending", kind)):
+                    jid = self.request(root, kind, f"recovery: {kind} refresh not completed")
+                    if jid:
+                        queued.append(jid)
         return queued
 
     def jobs(self, root: str) -> dict:

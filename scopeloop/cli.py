@@ -126,8 +126,10 @@ def cmd_refresh(args) -> int:
         from ml_backend.labelstudio import LabelStudioClient
         from scopeloop.refresh import Refresher
 
-        out = Refresher(ws, LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key),
-                        device=settings.device or None).run(kind)
+        refresher = Refresher(ws, LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key),
+                              device=settings.device or None)
+        out = refresher.run(kind)
+        out.update(refresher.prune())
         print(json.dumps(out, indent=1, default=str))
         return 0
     q = RefreshQueue(connect_redis(settings.redis_url))

@@ -27,6 +27,12 @@ from trainer.workspace import Workspace, read_json, write_json_atomic
 
 GATE_TOLERANCE = float(os.environ.get("SCOPELOOP_GATE_TOLERANCE", "0.02"))
 RANK_BUDGET = int(os.environ.get("SCOPELOOP_RANK_BUDGET", "50"))
+# Label Studio deletes predictions one row at a time (~17 ms each on SQLite, docs/benchmarks.md):
+# re-pushing 10,000 predictions after every label would spend minutes deleting the old ones.
+# A quick refresh of a big pool therefore pushes the head of the queue (what annotators reach
+# before the next refresh); small pools, deep and nightly refreshes push every unlabeled task.
+FULL_PUSH_MAX = int(os.environ.get("SCOPELOOP_FULL_PUSH_MAX", "1000"))
+QUICK_PUSH_TOP = int(os.environ.get("SCOPELOOP_QUICK_PUSH_TOP", "300"))
 VAL_SHARE = 5  # one image in five (by key hash) validates, when its class has enough labels
 
 
@@ -154,7 +160,8 @@ class Refresher:
         labeled = np.zeros(len(keys), bool)
         labeled[[row[k] for k in lab_keys]] = True
         order = self._rank(emb, probs, labeled)
-        pushed = self._push(keys, task_ids, probs, order, version)
+        push_order = order if kind == "deep" or len(order) <= FULL_PUSH_MAX else order[:QUICK_PUSH_TOP]
+        pushed = self._push(keys, task_ids, probs, order, push_order, version)
         outcome.update(pushed)
         outcome["seconds"] = {"sync": round(t_sync - t0, 2), "embed": round(t_embed - t_sync, 2),
                               "train": round(t_train - t_embed, 2), "rank_push": round(time.time() - t_train, 2),
@@ -284,7 +291,7 @@ class Refresher:
         self.ws.update_status(last_picks=[{"key": p.key, "row": p.row, "score": p.score, "reason": p.reason} for p in picks[:20]])
         return np.concatenate([np.asarray(head, dtype=np.int64), rest])
 
-    def _push(self, keys, task_ids, probs, order, version) -> dict:
+    def _push(self, keys, task_ids, probs, order, push_order, version) -> dict:
         from ml_backend.labelstudio import PredictionRow
 
         pid = self.ws.project["ls_project_id"]
@@ -295,17 +302,23 @@ class Refresher:
         n = self.ws.status.get("pushes", 0) + 1
         ls_version = f"scopeloop-v{version or '000'}-{n:05d}"
         rows = []
-        for pos, r in enumerate(order):
+        for pos, r in enumerate(push_order):
             if probs is not None:
                 k = int(np.argmax(probs[r]))
                 rows.append(PredictionRow(task_ids[keys[r]], self.classes[k], float(probs[r, k]), pos))
             else:
                 rows.append(PredictionRow(task_ids[keys[r]], None, 0.0, pos))
         report = self.client.push_predictions(pid, rows, ls_version, from_name=self.ws.project.get("from_name", "label"),
-                                              to_name=self.ws.project.get("to_name", "image"))
+                                              to_name=self.ws.project.get("to_name", "image"), prune=False)
         self.ws.update_status(pushes=n, ls_model_version=ls_version, serving_version=version)
         return {"ls_model_version": ls_version, "pushed": report.created,
-                "push_seconds": round(report.import_s + report.switch_s, 2), "prune_seconds": round(report.prune_s, 2)}
+                "push_seconds": round(report.import_s + report.switch_s, 2)}
+
+    def prune(self) -> dict:
+        """Delete predictions of versions no longer live (after the order is already served)."""
+        t0 = time.time()
+        n = self.client.prune_predictions(self.ws.project["ls_project_id"], keep=self.ws.status["ls_model_version"])
+        return {"pruned": n, "prune_seconds": round(time.time() - t0, 2)}
 
 
 def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
@@ -321,15 +334,18 @@ def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
     q = RefreshQueue(job.connection)
     with q.lock(root, wait_s=3600):
         q.release_pending(root, kind, job.id)
+        q.mark_started(root, kind)
         gen = q.generation(root)
         client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
         ws = Workspace(Path(root))
+        refresher = Refresher(ws, client, device=settings.device or None)
         try:
-            outcome = Refresher(ws, client, device=settings.device or None).run(kind)
+            outcome = refresher.run(kind)
         except Exception as exc:
             ws.update_status(last_error={"kind": kind, "time": time.time(), "error": f"{type(exc).__name__}: {exc}"})
             raise
         q.mark_done(root, "quick", gen)
+        outcome.update(refresher.prune())  # still under the lock: never deletes a newer push
         if kind == "deep":
             q.mark_done(root, "deep", gen)
             q.redis.set(q.key(root, "labels_at_deep"), outcome.get("labels", 0))

@@ -29,12 +29,14 @@ def nightly_time(now: float, at: str) -> float:
 
 class Scheduler:
     def __init__(self, queue: RefreshQueue, nightly_at: str | None = None, clock: Callable[[], float] = time.time,
-                 client_factory: Callable | None = None, log=print):
-        self.queue, self.clock, self.client_factory, self.log = queue, clock, client_factory, log
+                 client_factory: Callable | None = None, log=print, home: Path | None = None):
+        self.queue, self.clock, self.client_factory, self.log, self.home = queue, clock, client_factory, log, home
         self.nightly_at = nightly_at or os.environ.get("SCOPELOOP_NIGHTLY_AT", "02:00")
 
     def tick(self) -> list[str]:
         now = self.clock()
+        if self.home is not None:  # projects on disk, even if Redis lost its memory
+            self.queue.register(p.parent for p in Path(self.home).glob("projects/*/project.json"))
         queued = self.queue.recover()
         for root in self.queue.projects():
             if now >= nightly_time(now, self.nightly_at):

@@ -8,6 +8,7 @@ time-driven refreshes (nightly deep refresh, recovery, lost-webhook checks) in a
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from rq import Worker
@@ -17,7 +18,8 @@ from scopeloop.scheduler import Scheduler
 from scopeloop.settings import Settings
 
 
-def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True, tick_s: float = 30.0,
+def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True,
+               tick_s: float = float(os.environ.get("SCOPELOOP_SCHEDULER_TICK", "30")),
                name: str | None = None) -> None:
     import torch
 
@@ -29,7 +31,7 @@ def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True, 
     if scheduler:
         from ml_backend.labelstudio import LabelStudioClient
 
-        sched = Scheduler(RefreshQueue(redis), client_factory=lambda: LabelStudioClient(
+        sched = Scheduler(RefreshQueue(redis), home=settings.home, client_factory=lambda: LabelStudioClient(
             settings.label_studio_url, settings.label_studio_api_key, timeout=10))
         threading.Thread(target=sched.run_forever, kwargs={"every_s": tick_s, "stop": stop}, daemon=True).start()
     worker = Worker([QUEUE_NAME], connection=redis, name=name)

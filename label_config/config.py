@@ -1,0 +1,132 @@
+"""Label Studio labeling configs for single-choice image classification.
+
+The XML is built with ElementTree (never by string formatting) so class names with spaces,
+accents and XML-special characters (& < > " ') are escaped correctly. Every config, built or
+loaded, goes through `parse_config`, which runs label-studio-sdk's `LabelInterface` (the
+same parser Label Studio uses) plus the checks it does not do itself (unknown tags, duplicate
+class names, a missing Choices tag), and turns any failure into ONE `LabelConfigError`.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from label_studio_sdk.label_interface import LabelInterface
+from label_studio_sdk.label_interface import control_tags, label_tags, object_tags
+
+# Keys 1..9, then letters. LS's editor binds a few single letters itself (h: hide region,
+# u: unselect), so those are skipped to avoid two meanings for one key.
+HOTKEYS = [str(i) for i in range(1, 10)] + [c for c in "abcdefgijklmnopqrstvwxyz"]
+
+# Layout / visual tags LS accepts besides the object, control and label tags the SDK knows.
+_LAYOUT_TAGS = {"view", "header", "style", "filter", "collapse", "panel", "hypertext",
+                "text", "markdown", "shortcut", "relations", "relation", "choice", "label"}
+_KNOWN_TAGS = (_LAYOUT_TAGS | set(control_tags._TAG_TO_CLASS) | set(object_tags._TAG_TO_CLASS)
+               | {t.lower() for t in label_tags._LABEL_TAGS})
+
+
+class LabelConfigError(ValueError):
+    """The labeling config is unusable; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ParsedConfig:
+    """What the ML backend needs from a config to read and write `choices` results."""
+
+    classes: list[str]   # in config order: index = class id
+    from_name: str       # the Choices tag name (e.g. "label")
+    to_name: str         # the Image tag name (e.g. "image")
+    value_key: str       # task data field holding the image URL (e.g. "image" for "$image")
+    xml: str
+
+
+def build_config(classes: list[str], *, from_name: str = "label", to_name: str = "image",
+                 value_key: str = "image", title: str | None = None) -> str:
+    """Single-choice image classification config; one hotkey per class (1..9 then letters)."""
+    classes = [str(c).strip() for c in classes]
+    _check_classes(classes)
+    if len(classes) > len(HOTKEYS):
+        raise LabelConfigError(f"{len(classes)} classes but only {len(HOTKEYS)} hotkeys; "
+                               "merge classes or edit the config by hand (hotkeys are optional)")
+    view = ET.Element("View")
+    if title:
+        ET.SubElement(view, "Header", value=title)
+    ET.SubElement(view, "Image", name=to_name, value=f"${value_key}", zoom="true",
+                  zoomControl="true", rotateControl="false")
+    choices = ET.SubElement(view, "Choices", name=from_name, toName=to_name, choice="single",
+                            showInLine="true", required="true")
+    for cls, key in zip(classes, HOTKEYS):
+        ET.SubElement(choices, "Choice", value=cls, hotkey=key)
+    ET.indent(view)
+    xml = ET.tostring(view, encoding="unicode")
+    parse_config(xml)  # round trip through LabelInterface: fail here, not in Label Studio
+    return xml
+
+
+def load_config(path: str | Path) -> ParsedConfig:
+    """Read a config XML file and validate it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise LabelConfigError(f"cannot read labeling config {path}: {e.strerror}") from e
+    try:
+        return parse_config(text)
+    except LabelConfigError as e:
+        raise LabelConfigError(f"{path}: {e}") from e
+
+
+def parse_config(xml: str) -> ParsedConfig:
+    """Validate a config and return its classes and tag names, or raise `LabelConfigError`."""
+    if not xml or not xml.strip():
+        raise LabelConfigError("labeling config is empty")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise LabelConfigError(f"labeling config is not well-formed XML ({e}); check for an "
+                               "unescaped & or < in a class name, or an unclosed tag") from e
+    unknown = sorted({el.tag for el in root.iter() if el.tag.lower() not in _KNOWN_TAGS})
+    if unknown:
+        raise LabelConfigError(f"unknown tag(s) {', '.join('<%s>' % t for t in unknown)}: "
+                               "Label Studio would reject them; check the spelling (tags are "
+                               "e.g. <View>, <Image>, <Choices>, <Choice>)")
+    try:
+        li = LabelInterface(xml)
+        li.validate()
+    except Exception as e:  # the SDK raises plain Exception subclasses with a usable message
+        raise LabelConfigError(f"Label Studio rejects the labeling config: {e}") from e
+
+    choices = [c for c in li.controls if c.tag.lower() == "choices"]
+    if len(choices) != 1:
+        found = "no <Choices> tag" if not choices else f"{len(choices)} <Choices> tags"
+        raise LabelConfigError(f"labeling config has {found}; scopeloop needs exactly one "
+                               "<Choices choice=\"single\" toName=...> with one <Choice> per class")
+    ctrl = choices[0]
+    if ctrl.attr.get("choice", "single") != "single":
+        raise LabelConfigError(f'<Choices name="{ctrl.name}"> must have choice="single" '
+                               "(one class per image)")
+    images = [o for o in ctrl.objects if o.tag.lower() == "image"]
+    if not images:
+        raise LabelConfigError(f'<Choices name="{ctrl.name}"> must point (toName) to an <Image>')
+    # LabelInterface silently de-duplicates labels: count them on the raw XML.
+    el = next(e for e in root.iter() if e.tag.lower() == "choices" and e.get("name") == ctrl.name)
+    classes = [c.get("value", c.get("alias", "")) for c in el if c.tag.lower() == "choice"]
+    _check_classes(classes)
+    value = images[0].value or ""
+    return ParsedConfig(classes=classes, from_name=ctrl.name, to_name=images[0].name,
+                        value_key=value.lstrip("$"), xml=xml)
+
+
+def _check_classes(classes: list[str]) -> None:
+    if not classes:
+        raise LabelConfigError("no classes given: list at least one class name")
+    if any(not c for c in classes):
+        raise LabelConfigError("a class name is empty")
+    seen, dups = set(), []
+    for c in classes:
+        if c.casefold() in seen:
+            dups.append(c)
+        seen.add(c.casefold())
+    if dups:
+        raise LabelConfigError(f"duplicate class name(s) {dups} (compared case-insensitively): "
+                               "each class must appear once")

@@ -1,0 +1,164 @@
+"""Start and stop a local Label Studio (pip package) as a subprocess.
+
+Used by the demo and by the session-scoped pytest fixture. Everything is passed through
+environment variables so the start is non-interactive (see /work/shared/ENVIRONMENT.md):
+
+* Label Studio reads each setting X as ``LABEL_STUDIO_X``, then ``HEARTEX_X``, then bare ``X``;
+  a stray ``USERNAME`` / ``PASSWORD`` in the caller's environment would silently become the
+  admin account, so those are scrubbed.
+* The legacy API token only takes effect when the organization is first created, i.e. on the
+  first start with an empty data dir. Reusing a data dir keeps the token it was created with.
+* The ML backend and its webhook live on loopback: both ``ML_BLOCK_LOCAL_IP=false`` and
+  ``SSRF_PROTECTION_ENABLED=false`` are needed, otherwise LS saves the backend but creates no
+  webhook and training events never arrive.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+# Variables LS would pick up as a bare fallback for its own settings.
+_SCRUB = ("USERNAME", "PASSWORD", "USER_TOKEN", "HOST", "PORT", "BASE_DATA_DIR",
+          "DJANGO_DB", "DATABASE_URL", "POSTGRE_HOST", "POSTGRE_NAME")
+
+
+class LabelStudioServerError(RuntimeError):
+    """Label Studio could not be started (port busy, crash, timeout); the message says why."""
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (small race window, fine for tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class LabelStudioServer:
+    """A Label Studio process bound to 127.0.0.1:port with its own data dir.
+
+    ``document_root`` is what local-files storage may serve (LOCAL_FILES_DOCUMENT_ROOT): image
+    folders and preview folders must live under it.
+    """
+
+    data_dir: Path
+    document_root: Path
+    port: int = 8080
+    username: str = "admin@scopeloop.local"
+    password: str = "scopeloop-admin"
+    token: str = "scopeloop-dev-token"
+    start_timeout: float = 240.0
+    proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.data_dir) / "label-studio.log"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in _SCRUB and not k.startswith(("LABEL_STUDIO_", "HEARTEX_"))}
+        if len(self.token) <= 5:
+            raise ValueError("Label Studio needs a legacy API token longer than 5 characters")
+        env.update({
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+            "LABEL_STUDIO_USERNAME": self.username,
+            "LABEL_STUDIO_PASSWORD": self.password,
+            "LABEL_STUDIO_USER_TOKEN": self.token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            "LOCAL_FILES_SERVING_ENABLED": "true",
+            "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+            "ML_BLOCK_LOCAL_IP": "false",
+            "SSRF_PROTECTION_ENABLED": "false",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+            "LATEST_VERSION_CHECK": "false",
+            "COLLECT_ANALYTICS": "false",
+        })
+        return env
+
+    def command(self) -> list[str]:
+        # `python -m label_studio.server` == the `label-studio` console script, without relying
+        # on PATH pointing into the right virtual environment.
+        return [sys.executable, "-m", "label_studio.server", "start", "--no-browser",
+                "--host", self.url, "--internal-host", "127.0.0.1", "--port", str(self.port)]
+
+    def healthy(self) -> bool:
+        try:
+            r = requests.get(f"{self.url}/health", timeout=2)
+            return r.ok and r.json().get("status") == "UP"
+        except (requests.RequestException, ValueError):
+            return False
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(lines[-n:])
+
+    def start(self) -> "LabelStudioServer":
+        """Start and block until /health answers UP (first start ~50 s: migrations)."""
+        if port_in_use(self.port):
+            raise LabelStudioServerError(
+                f"port {self.port} on 127.0.0.1 is already in use; stop what listens there "
+                f"(e.g. an older Label Studio: `lsof -i :{self.port}`) or choose another port")
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.document_root).mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)  # own group: stop() kills children
+        log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LabelStudioServerError(
+                    f"Label Studio exited with code {self.proc.returncode} during start; "
+                    f"log {self.log_path}:\n{self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise LabelStudioServerError(
+            f"Label Studio did not answer {self.url}/health within {self.start_timeout:.0f} s; "
+            f"log {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL it if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = None
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+
+    def __enter__(self) -> "LabelStudioServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

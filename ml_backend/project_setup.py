@@ -1,0 +1,191 @@
+"""`scopeloop init`: turn an image folder into a Label Studio project (idempotent).
+
+* One task per image, identified by its key (path relative to the image root). Re-running on
+  the same folder imports only images whose key has no task yet.
+* The browser gets a URL LS serves through local-files storage: the original for 8-bit
+  PNG/JPEG/BMP, a contrast-stretched PNG preview (trainer.images.save_preview) for TIFF and
+  16-bit PNG, which browsers cannot show. The original path stays in the task for training.
+* Existing labels (CSV `file,label` or ImageFolder: folder name = class) become annotations:
+  inside the bulk task import for new tasks (one request), one `annotations.create` each for
+  tasks that already existed unlabeled (LS CE has no bulk annotation API).
+* A corrupt image is skipped and reported, never fatal.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from label_config import build_config, parse_config
+from ml_backend.labelstudio import LabelStudioClient, LabelStudioError, local_files_url
+
+BROWSER_SAFE = {".png", ".jpg", ".jpeg", ".bmp"}
+BROWSER_MODES = {"1", "L", "LA", "P", "RGB", "RGBA"}   # 8-bit PIL modes
+
+
+@dataclass
+class InitReport:
+    project_id: int
+    created: int = 0            # new tasks
+    existing: int = 0           # images that already had a task
+    skipped: list[dict] = field(default_factory=list)         # {"path", "reason"}
+    labels_imported: int = 0
+    labels_skipped: list[dict] = field(default_factory=list)  # {"key", "reason"}
+    previews: int = 0           # PNG previews written
+
+    def summary(self) -> str:
+        s = (f"project {self.project_id}: {self.created} task(s) created, {self.existing} already "
+             f"there, {len(self.skipped)} image(s) skipped, {self.labels_imported} label(s) imported")
+        for item in self.skipped[:20]:
+            s += f"\n  skipped {item['path']}: {item['reason']}"
+        for item in self.labels_skipped[:20]:
+            s += f"\n  label not imported for {item['key']}: {item['reason']}"
+        return s
+
+
+def init_project(client: LabelStudioClient, images: str | Path, classes: list[str] | None = None,
+                 *, document_root: str | Path, previews_dir: str | Path,
+                 title: str | None = None, labels: str | Path | None = None,
+                 backend_url: str | None = None, label_config: str | None = None,
+                 project_id: int | None = None) -> InitReport:
+    """Create or update the project for `images`; see the module docstring.
+
+    `labels`: a CSV path (`file,label`; file relative to `images` or a unique file name), or
+    the word "imagefolder". `classes` may be omitted with "imagefolder" (folder names are used).
+    `document_root` must be the LOCAL_FILES_DOCUMENT_ROOT Label Studio runs with; `images` and
+    `previews_dir` must lie under it. `project_id` (from the work dir's project.json) wins over
+    looking the project up by `title` (default: the folder name).
+    """
+    from trainer.images import image_key, list_images  # imports torch: only when needed
+
+    root, docroot = Path(images).resolve(), Path(document_root).resolve()
+    previews = Path(previews_dir).resolve()
+    for p, what in ((root, "image folder"), (previews, "previews folder")):
+        if not p.is_relative_to(docroot):
+            raise LabelStudioError(f"{what} {p} is outside Label Studio's LOCAL_FILES_DOCUMENT_ROOT "
+                                   f"{docroot}: LS could not serve it; move it or change the root")
+    known = _read_labels(labels, root) if labels else {}
+    if not classes and labels and str(labels).lower() == "imagefolder":
+        classes = sorted(set(known.values()))
+    cfg = parse_config(label_config or build_config(list(classes or [])))
+
+    client.check()
+    title = title or root.name
+    pid = project_id or client.find_project(title) or client.create_project(title, cfg.xml)
+    report = InitReport(project_id=pid)
+    previews.mkdir(parents=True, exist_ok=True)  # LS refuses a storage path that does not exist
+    client.ensure_local_storage(pid, str(root), title="images")
+    client.ensure_local_storage(pid, str(previews), title="previews")
+
+    existing = client.task_keys(pid)
+    new_tasks = []
+    for path in list_images(root):
+        if path.is_relative_to(previews):
+            continue  # previews kept inside the image folder are not images to label
+        key = image_key(path, root)
+        if key in existing:
+            report.existing += 1
+            continue
+        try:
+            shown, made_preview = _browser_file(path, previews / (key + ".png"))
+        except Exception as e:  # any decoder error: report and go on
+            report.skipped.append({"path": str(path), "reason": str(e) or e.__class__.__name__})
+            continue
+        report.previews += made_preview
+        task = {cfg.value_key: local_files_url(shown.relative_to(docroot).as_posix()),
+                "key": key, "path": str(path)}
+        label = _checked_label(known.get(key), key, cfg.classes, report)
+        if label is not None:
+            task = {"data": task, "annotations": [{"result": [_choice(cfg, label)]}]}
+            report.labels_imported += 1
+        new_tasks.append(task)
+    if new_tasks:
+        report.created = len(client.import_tasks(pid, new_tasks))
+
+    # labels for tasks that existed before this run and have no annotation yet
+    if known and existing:
+        labeled = client.read_labels(pid, from_name=cfg.from_name)
+        for key, task_id in existing.items():
+            label = _checked_label(known.get(key), key, cfg.classes, report)
+            if label is not None and key not in labeled:
+                client.create_annotation(task_id, label, cfg.from_name, cfg.to_name)
+                report.labels_imported += 1
+    if backend_url:
+        client.connect_ml_backend(pid, backend_url)
+    client.setup_ordering(pid)
+    return report
+
+
+def init_project_from_settings(settings, name: str, images, classes=None, labels=None,
+                               backend_url=None) -> InitReport:
+    """`init_project` with URL / token / folders from scopeloop.settings.Settings.
+
+    The local-files root is read from LOCAL_FILES_DOCUMENT_ROOT, the variable Label Studio
+    itself reads, so both agree when they run from the same environment (default "/").
+    """
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    return init_project(client, images, classes, labels=labels, backend_url=backend_url,
+                        document_root=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT", "/"),
+                        previews_dir=settings.project_dir(name) / "previews", title=name)
+
+
+def _browser_file(path: Path, preview: Path) -> tuple[Path, bool]:
+    """(file the browser gets, whether a preview was written); raises on a corrupt image."""
+    if path.suffix.lower() in BROWSER_SAFE:
+        with Image.open(path) as im:
+            mode = im.mode
+            im.load()  # full decode: catches truncated files, not only bad headers
+        if mode in BROWSER_MODES:
+            return path, False
+    if preview.exists() and preview.stat().st_mtime >= path.stat().st_mtime:
+        return preview, False
+    from trainer.images import save_preview
+    return save_preview(path, preview), True
+
+
+def _choice(cfg, label: str) -> dict:
+    return {"from_name": cfg.from_name, "to_name": cfg.to_name, "type": "choices",
+            "value": {"choices": [label]}}
+
+
+def _checked_label(label, key, classes, report) -> str | None:
+    if label is None:
+        return None
+    if label not in classes:
+        report.labels_skipped.append({"key": key, "reason": f"class {label!r} is not in the "
+                                      f"project's classes {classes}"})
+        return None
+    return label
+
+
+def _read_labels(labels: str | Path, root: Path) -> dict[str, str]:
+    """key -> class from a CSV (`file,label`, header optional) or the ImageFolder layout."""
+    if str(labels).lower() == "imagefolder":
+        from trainer.images import image_key, scan_imagefolder
+        items, _ = scan_imagefolder(root)
+        return {image_key(p, root): c for p, c in items}
+    path = Path(labels)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels file {path} not found (give a CSV `file,label` or "
+                                "the word imagefolder)")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if rows and rows[0][0].strip().lower() in {"file", "path", "key", "image", "filename"}:
+        header = [c.strip().lower() for c in rows[0]]
+        col = next((header.index(n) for n in ("label", "class") if n in header), 1)
+        rows = [[r[0], r[col]] for r in rows[1:]]
+    by_name: dict[str, list[str]] = {}
+    for p in root.rglob("*"):
+        by_name.setdefault(p.name, []).append(p.relative_to(root).as_posix())
+    out = {}
+    for row in rows:
+        if len(row) < 2:
+            raise ValueError(f"{path}: row {row} needs two columns: file,label")
+        file, label = row[0].strip().replace("\\", "/"), row[1].strip()
+        if not (root / file).is_file() and len(by_name.get(Path(file).name, [])) == 1:
+            file = by_name[Path(file).name][0]   # a bare, unique file name
+        out[file] = label
+    return out
