@@ -329,6 +329,9 @@ def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
     from ml_backend.queue import RefreshQueue
     from scopeloop.settings import load_settings
 
+    import torch
+
+    torch.set_flush_denormal(True)  # long-lived workers drift slower without it (ENVIRONMENT.md)
     settings = load_settings()
     job = get_current_job()
     q = RefreshQueue(job.connection)

@@ -5,9 +5,10 @@ Every tick (30 s by default):
   worker was killed, Redis was restarted) gets its quick refresh queued again;
 * lost webhooks: Label Studio's annotation count is compared with the last label snapshot,
   and a difference queues a refresh (Label Studio never retries a failed webhook);
-* nightly: once per calendar day, after SCOPELOOP_NIGHTLY_AT (local time, default 02:00), a
-  deep refresh per project. A Redis SET NX per project and day makes it fire once even with
-  several schedulers. The clock is injectable, so tests shift it instead of waiting.
+* nightly: each time the clock passes SCOPELOOP_NIGHTLY_AT (local time, default 02:00), a deep
+  refresh per project. A slot already past when a project is first seen is not caught up (a
+  scheduler started at 10:00 does not fine-tune at once). A Redis SET NX per project and slot
+  makes it fire once even with several schedulers. The clock is injectable: tests shift it.
 """
 from __future__ import annotations
 
@@ -39,12 +40,9 @@ class Scheduler:
             self.queue.register(p.parent for p in Path(self.home).glob("projects/*/project.json"))
         queued = self.queue.recover()
         for root in self.queue.projects():
-            if now >= nightly_time(now, self.nightly_at):
-                day = datetime.fromtimestamp(now).strftime("%Y-%m-%d")
-                if self.queue.redis.set(self.queue.key(root, "nightly", day), "1", nx=True, ex=int(timedelta(days=3).total_seconds())):
-                    jid = self.queue.request(root, "deep", f"nightly refresh {day}")
-                    if jid:
-                        queued.append(jid)
+            jid = self._nightly(root, now)
+            if jid:
+                queued.append(jid)
             if self.client_factory is not None:
                 jid = self._check_missed_labels(root)
                 if jid:
@@ -52,6 +50,23 @@ class Scheduler:
         for jid in queued:
             self.log(f"scheduler queued {jid}")
         return queued
+
+    def _nightly(self, root: str, now: float) -> str | None:
+        slot = nightly_time(now, self.nightly_at)
+        if now < slot:
+            slot = (datetime.fromtimestamp(slot) - timedelta(days=1)).timestamp()
+        seen_key = self.queue.key(root, "nightly_seen")
+        last = self.queue.redis.get(seen_key)
+        if last is None:  # first sight of this project: the most recent slot counts as handled
+            self.queue.redis.set(seen_key, slot)
+            return None
+        if slot <= float(last):
+            return None
+        self.queue.redis.set(seen_key, slot)
+        day = datetime.fromtimestamp(slot).strftime("%Y-%m-%d")
+        if self.queue.redis.set(self.queue.key(root, "nightly", day), "1", nx=True, ex=3 * 86400):
+            return self.queue.request(root, "deep", f"nightly refresh {day}")
+        return None
 
     def _check_missed_labels(self, root: str) -> str | None:
         from ml_backend.sync import annotation_count

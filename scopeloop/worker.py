@@ -4,38 +4,48 @@ Each job runs in a forked work-horse process (RQ's default), so a crash or an ou
 kill during training takes down that job only; the registry never shows a half-written
 version and the scheduler re-queues the refresh. With --scheduler the worker also runs the
 time-driven refreshes (nightly deep refresh, recovery, lost-webhook checks) in a thread.
+
+The scheduler runs in its own (spawned) process, not a thread: RQ forks a work horse per job,
+and forking while another thread holds a lock (an import, logging, a socket) can deadlock the
+child. For the same reason this parent process never imports torch.
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-import threading
 
 from rq import Worker
 
-from ml_backend.queue import QUEUE_NAME, RefreshQueue, connect_redis
-from scopeloop.scheduler import Scheduler
+from ml_backend.queue import QUEUE_NAME, connect_redis
 from scopeloop.settings import Settings
+
+
+def _scheduler_main(settings: Settings, tick_s: float) -> None:
+    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.queue import RefreshQueue
+    from scopeloop.scheduler import Scheduler
+
+    sched = Scheduler(RefreshQueue(connect_redis(settings.redis_url, timeout=30)), home=settings.home,
+                      client_factory=lambda: LabelStudioClient(settings.label_studio_url,
+                                                               settings.label_studio_api_key, timeout=10))
+    sched.run_forever(every_s=tick_s)
 
 
 def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True,
                tick_s: float = float(os.environ.get("SCOPELOOP_SCHEDULER_TICK", "30")),
                name: str | None = None) -> None:
-    import torch
-
-    torch.set_flush_denormal(True)  # long-lived processes drift slower without it (ENVIRONMENT.md)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     redis = connect_redis(settings.redis_url, timeout=30)
     redis.ping()
-    stop = threading.Event()
+    proc = None
     if scheduler:
-        from ml_backend.labelstudio import LabelStudioClient
-
-        sched = Scheduler(RefreshQueue(redis), home=settings.home, client_factory=lambda: LabelStudioClient(
-            settings.label_studio_url, settings.label_studio_api_key, timeout=10))
-        threading.Thread(target=sched.run_forever, kwargs={"every_s": tick_s, "stop": stop}, daemon=True).start()
+        proc = multiprocessing.get_context("spawn").Process(target=_scheduler_main, args=(settings, tick_s),
+                                                            name="scopeloop-scheduler", daemon=True)
+        proc.start()
     worker = Worker([QUEUE_NAME], connection=redis, name=name)
     try:
         worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:
-        stop.set()
+        if proc is not None:
+            proc.terminate()

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def stack(label_studio, redis_url, tmp_path, monkeypatch):
     settings = Settings(home=tmp_path / "home", redis_url=redis_url, label_studio_url=label_studio.url,
                         label_studio_api_key=label_studio.token, backend_url=f"http://127.0.0.1:{backend_port}")
     backend = start_backend(settings, backend_port, tmp_path / "logs")
-    ws, report = projects.init(settings, f"e2e-{tmp_path.name}"[:40], images, ["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"],
+    ws, report = projects.init(settings, f"e2e-{uuid.uuid4().hex[:10]}", images, ["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"],
                                backend_url=settings.backend_url, model={"image_size": 64})
     assert report.created == 60
     client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
@@ -105,7 +106,9 @@ def test_annotations_drive_refresh_and_next_task_is_the_samplers_pick(stack):
     tasks = list(client.list_tasks(pid, annotated=False))
     assert len(tasks) == 52
     assert all(any(p["model_version"] == live for p in t["predictions"]) for t in tasks)
-    assert all(len(t["predictions"]) == 1 for t in tasks)  # old versions pruned: one version per task
+    # older versions are pruned right after the push: then one prediction (version) per task
+    wait_for(lambda: all(len(t["predictions"]) == 1 for t in client.list_tasks(pid, annotated=False)), 60,
+             "old predictions to be pruned")
     top = ws.status["last_picks"][0]["key"]
     nxt = client.next_task(pid)
     assert nxt["data"]["key"] == top  # "Label All Tasks" serves the sampler's first pick

@@ -171,10 +171,16 @@ def resolve_model_dir(model, version: str | None = None) -> Path:
 
 
 def predict_folder(model_dir, input_dir, out_csv, batch_size: int = 64, progress: bool = True,
-                   low_confidence: float = 0.5) -> dict:
-    """Predict every image under `input_dir`: CSV + `<out>.npz` (keys, embeddings, probs)."""
+                   low_confidence: float = 0.5, ood: bool = True, plot: bool = True) -> dict:
+    """Predict every image under `input_dir`: CSV + `<out>.npz` (keys, embeddings, probs).
+
+    With `ood` and a model folder holding `ood.npz` (see trainer.ood), the CSV also says which
+    images are out of distribution (far from every training image in embedding space: another
+    microscope, stain, debris); with `plot`, `<out>.counts.png` shows predicted class counts.
+    """
     from trainer.images import image_key, list_images
     from trainer.model import ScopeModel
+    from trainer.ood import OODReference
 
     model = ScopeModel.load(model_dir)
     cfg = model.config
@@ -187,12 +193,27 @@ def predict_folder(model_dir, input_dir, out_csv, batch_size: int = 64, progress
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     conf = res.probs.max(1) if len(keys) else np.zeros(0)
-    write_predictions_csv(out_csv, keys, res.probs, cfg.classes,
-                          {"low_confidence": ["yes" if c < low_confidence else "no" for c in conf]})
+    low = conf < low_confidence
+    extra = {"low_confidence": ["yes" if c else "no" for c in low]}
+    ref = OODReference.load(model_dir) if ood else None
+    is_ood = None
+    if ref is not None:
+        dist, is_ood = ref.flags(res.embeddings)
+        extra["out_of_distribution"] = ["yes" if f else "no" for f in is_ood]
+        extra["ood_distance"] = [f"{d:.4f}" for d in dist]
+    write_predictions_csv(out_csv, keys, res.probs, cfg.classes, extra)
     np.savez_compressed(out_csv.with_suffix(".npz"), keys=np.array(keys), embeddings=res.embeddings,
                         probs=res.probs, classes=np.array(cfg.classes))
     if len(res.skipped):
         res.skipped.write_json(out_csv.with_suffix(".skipped.json"))
-    counts = {c: int((res.probs.argmax(1) == i).sum()) for i, c in enumerate(cfg.classes)} if len(keys) else {}
+    pred = res.probs.argmax(1) if len(keys) else np.zeros(0, int)
+    counts = {c: int((pred == i).sum()) for i, c in enumerate(cfg.classes)} if len(keys) else {}
+    plot_path = None
+    if plot and len(keys):
+        from trainer.report import plot_prediction_counts
+
+        plot_path = str(plot_prediction_counts(pred, cfg.classes, low, is_ood, out_csv.with_suffix(".counts.png"),
+                                               title=f"Predicted cell types: {Path(input_dir).name}"))
     return {"predicted": len(keys), "skipped": res.skipped, "counts": counts, "csv": str(out_csv),
-            "low_confidence": int((conf < low_confidence).sum())}
+            "low_confidence": int(low.sum()),
+            "out_of_distribution": None if is_ood is None else int(is_ood.sum()), "plot": plot_path}

@@ -11,6 +11,7 @@ def test_nightly_deep_refresh_fires_once_per_day_with_shifted_clock(redis_conn):
     redis_conn.sadd("scopeloop:projects", "/p/n")
     clock = {"now": datetime(2026, 11, 22, 1, 0).timestamp()}
     s = Scheduler(q, nightly_at="02:00", clock=lambda: clock["now"], log=lambda *_: None)
+    assert s.tick() == []  # first sight at 01:00: yesterday's slot is not caught up
     assert s.tick() == []  # 01:00: not yet
     clock["now"] = datetime(2026, 11, 22, 2, 1).timestamp()
     fired = s.tick()
@@ -42,7 +43,7 @@ def test_lost_webhook_is_noticed_from_label_studio_counts(redis_conn, tmp_path):
     ws.save_labels({"cursor": None, "project_id": 7, "tasks": {"1": {"key": "x.png", "label": "a", "n_annotations": 1, "annotations": []}}})
     q = RefreshQueue(redis_conn)
     redis_conn.sadd("scopeloop:projects", str(ws.root))
-    s = Scheduler(q, nightly_at="23:59", clock=lambda: datetime(2026, 1, 1, 12).timestamp(),
+    s = Scheduler(q, nightly_at="02:00", clock=lambda: datetime(2026, 1, 1, 12).timestamp(),
                   client_factory=lambda: _FakeLS(1), log=lambda *_: None)
     assert s.tick() == []
     s.client_factory = lambda: _FakeLS(3)  # two annotations whose webhooks never arrived
