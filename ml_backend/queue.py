@@ -26,7 +26,9 @@ from rq import Queue, Retry
 from rq.job import Job
 
 QUEUE_NAME = "scopeloop"
+LOW_QUEUE_NAME = "scopeloop-low"  # housekeeping a worker does only when no refresh waits
 JOB_FUNC = "scopeloop.refresh.refresh_job"
+PRUNE_FUNC = "scopeloop.refresh.prune_job"
 KINDS = ("quick", "deep")
 TIMEOUTS = {"quick": 15 * 60, "deep": 6 * 3600}  # RQ's default 180 s would kill trainings
 LOCK_TTL = int(os.environ.get("SCOPELOOP_LOCK_TTL", "60"))  # a killed worker's lock frees itself after this
@@ -75,6 +77,17 @@ class RefreshQueue:
         self.queue.enqueue(JOB_FUNC, root, kind, reason, job_id=job_id, job_timeout=TIMEOUTS[kind],
                            retry=Retry(max=3, interval=[10, 30, 90]), result_ttl=7 * 24 * 3600,
                            failure_ttl=7 * 24 * 3600, description=f"{kind} refresh of {root} ({reason})")
+        return job_id
+
+    def request_prune(self, root: str) -> str | None:
+        """Queue (once) the deletion of superseded predictions, on the low-priority queue."""
+        root = str(root)
+        job_id = f"prune-{project_id(root)}-{uuid.uuid4().hex[:8]}"
+        if not self.redis.set(self.key(root, "pending", "prune"), job_id, nx=True, ex=3600):
+            return None
+        Queue(LOW_QUEUE_NAME, connection=self.redis).enqueue(
+            PRUNE_FUNC, root, job_id=job_id, job_timeout=3600, result_ttl=24 * 3600,
+            description=f"prune old predictions of {root}")
         return job_id
 
     def on_label_event(self, root: str, reason: str = "label", every: int = 1) -> str | None:

@@ -83,12 +83,16 @@ def cmd_predict(args) -> int:
     if not Path(args.input).is_dir():
         raise UserError(f"--input '{args.input}' is not a folder of images")
     model_dir = resolve_model_dir(args.model, args.version)
-    summary = predict_folder(model_dir, args.input, args.out, batch_size=args.batch_size)
+    summary = predict_folder(model_dir, args.input, args.out, batch_size=args.batch_size, low_confidence=args.low_confidence)
     print(f"model: {model_dir}")
     print(f"{summary['predicted']} images predicted -> {summary['csv']}")
     for c, n in summary["counts"].items():
         print(f"  {c:<20} {n}")
-    print(f"{summary['low_confidence']} low-confidence predictions (flagged in the CSV)")
+    print(f"{summary['low_confidence']} low-confidence predictions (below {args.low_confidence:.2f}, flagged in the CSV)")
+    if summary.get("out_of_distribution") is not None:
+        print(f"{summary['out_of_distribution']} images unlike anything the model was trained on (out_of_distribution column)")
+    if summary.get("plot"):
+        print(f"summary plot: {summary['plot']}")
     if len(summary["skipped"]):
         print(summary["skipped"].summary())
     return 0
@@ -253,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default="scopeloop-models", help="registry root, exported model or version folder (default: %(default)s)")
     pr.add_argument("--version", help="model version (default: current)")
     pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--low-confidence", type=float, default=0.5, help="flag predictions below this confidence (default: %(default)s)")
     pr.set_defaults(func=cmd_predict)
 
     w = sub.add_parser("worker", help="run a worker that retrains models as labels come in",
@@ -300,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--host", default="0.0.0.0")
     b.add_argument("--port", type=int, default=9090)
     b.set_defaults(func=cmd_backend)
+
+    from trainer.export import add_cli as add_export_cli
+
+    add_export_cli(sub)
     return p
 
 

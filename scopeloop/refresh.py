@@ -159,7 +159,7 @@ class Refresher:
         t_train = time.time()
         labeled = np.zeros(len(keys), bool)
         labeled[[row[k] for k in lab_keys]] = True
-        order = self._rank(emb, probs, labeled)
+        order = self._rank(emb, probs, labeled, keys)
         push_order = order if kind == "deep" or len(order) <= FULL_PUSH_MAX else order[:QUICK_PUSH_TOP]
         pushed = self._push(keys, task_ids, probs, order, push_order, version)
         outcome.update(pushed)
@@ -216,6 +216,7 @@ class Refresher:
     def _save(self, kind, head, lab_keys, y, tr, va, promote, reason, new_f1, cur_f1) -> str:
         from trainer.metrics import classification_metrics, write_qc
         from trainer.model import Classifier, ModelConfig, ScopeModel
+        from trainer.ood import build_reference
 
         space, weights_file = self.space()
         backbone, pre, source = self._backbone(weights_file)
@@ -240,6 +241,7 @@ class Refresher:
         with reg.staging() as tmp:
             model.save(tmp)
             write_qc(tmp, metrics, head.history, head.best_epoch)
+            build_reference(cache_emb[[crow[k] for k in lab_keys]], yv).save(tmp)  # for out-of-distribution flags
             write_json_atomic(tmp / "provenance.json", {
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": kind, "embedding_space": space,
                 "weights_source": source, "device": str(self._torch_device()), "labels": len(lab_keys),
@@ -273,14 +275,15 @@ class Refresher:
         self.log(f"deep refresh: backbone fine-tuned on {len(keys)} labels -> {path.name}")
 
     # ---------------------------------------------------------------- ordering
-    def _rank(self, emb, probs, labeled) -> np.ndarray:
+    def _rank(self, emb, probs, labeled, keys) -> np.ndarray:
         """Unlabeled rows, best to label first: the sampler's picks, then by uncertainty."""
         import sampler
 
         unl = np.flatnonzero(~labeled)
         if len(unl) == 0:
             return unl
-        picks = sampler.select(emb, probs, labeled, min(RANK_BUDGET, len(unl)), strategy="hybrid")
+        picks = sampler.select(emb, probs, labeled, min(RANK_BUDGET, len(unl)), strategy="hybrid", keys=keys,
+                               class_names=self.classes)
         head = [p.row for p in picks]
         chosen = set(head)
         rest = np.array([r for r in unl if r not in chosen], dtype=np.int64)
@@ -348,13 +351,33 @@ def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
             ws.update_status(last_error={"kind": kind, "time": time.time(), "error": f"{type(exc).__name__}: {exc}"})
             raise
         q.mark_done(root, "quick", gen)
-        outcome.update(refresher.prune())  # still under the lock: never deletes a newer push
         if kind == "deep":
             q.mark_done(root, "deep", gen)
             q.redis.set(q.key(root, "labels_at_deep"), outcome.get("labels", 0))
         elif _deep_due(q, root, outcome):
             q.request(root, "deep", f"{outcome['labels']} labels: enough new since the last deep refresh")
+    q.request_prune(root)  # Label Studio deletes slowly: done when no refresh is waiting
     return outcome
+
+
+def prune_job(root: str) -> dict:
+    """Delete superseded predictions in Label Studio, under the project's lock (a push in
+    progress imports under a version that is not live yet and must not be deleted)."""
+    from rq import get_current_job
+
+    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.queue import RefreshQueue
+    from scopeloop.settings import load_settings
+
+    settings = load_settings()
+    job = get_current_job()
+    q = RefreshQueue(job.connection)
+    q.release_pending(root, "prune", job.id)
+    with q.lock(root, wait_s=3600):
+        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+        out = Refresher(Workspace(Path(root)), client).prune()
+    Workspace(Path(root)).update_status(last_prune=dict(out, finished=time.time()))
+    return out
 
 
 def _deep_due(q, root: str, outcome: dict) -> bool:

@@ -17,7 +17,7 @@ import os
 
 from rq import Worker
 
-from ml_backend.queue import QUEUE_NAME, connect_redis
+from ml_backend.queue import LOW_QUEUE_NAME, QUEUE_NAME, connect_redis
 from scopeloop.settings import Settings
 
 
@@ -43,7 +43,7 @@ def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True,
         proc = multiprocessing.get_context("spawn").Process(target=_scheduler_main, args=(settings, tick_s),
                                                             name="scopeloop-scheduler", daemon=True)
         proc.start()
-    worker = Worker([QUEUE_NAME], connection=redis, name=name)
+    worker = Worker([QUEUE_NAME, LOW_QUEUE_NAME], connection=redis, name=name)  # in priority order
     try:
         worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:

@@ -480,16 +480,13 @@ def _workspace(args):
 
 
 def _sync_labels(workspace) -> dict:
-    """Fresh labels from Label Studio (the lead's label sync), as one snapshot."""
+    """Fresh labels from Label Studio, read in full once: the export's snapshot."""
+    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.sync import sync_labels
     from scopeloop.settings import load_settings
 
-    try:
-        from ml_backend.sync import sync_labels
-    except ImportError as exc:
-        raise ExportError(f"label sync with Label Studio is not available ({exc}); "
-                          "use --offline to export the labels synced last") from None
-    snap = sync_labels(load_settings(), workspace)
-    return snap if isinstance(snap, dict) and "tasks" in snap else workspace.labels
+    s = load_settings()
+    return sync_labels(LabelStudioClient(s.label_studio_url, s.label_studio_api_key), workspace, full=True)
 
 
 def _ls_exporter(snapshot: dict, workspace):

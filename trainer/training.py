@@ -63,6 +63,7 @@ class TrainResult:
     skipped: SkipReport = field(default_factory=SkipReport)
     seconds: float = 0.0
     device: str = "cpu"
+    ood: object = None  # trainer.ood.OODReference: what "unlike the training images" means
 
 
 def seed_everything(seed: int) -> None:
@@ -119,8 +120,11 @@ def train(paths: Sequence, labels: Sequence[str], classes: Sequence[str], config
             "skipped_images": len(res.skipped),
         },
     }
+    from trainer.ood import reference_for_model
+
+    ood = reference_for_model(model, [paths[r] for r in tr], y_all[tr], embeddings=res.embeddings[[pos[r] for r in tr]])
     return TrainResult(model, metrics, history, best_epoch,
-                       tr, va, res.skipped, time.time() - t0, str(device))
+                       tr, va, res.skipped, time.time() - t0, str(device), ood)
 
 
 def _finetune(model: ScopeModel, paths, y_all, tr, va, config: TrainConfig, device, report: SkipReport, progress: bool):
@@ -213,4 +217,6 @@ def save_version(result: TrainResult, config: TrainConfig, registry: ModelRegist
         metrics = dict(result.metrics, **(extra or {}))
         write_qc(tmp, metrics, result.history, result.best_epoch)
         (tmp / "provenance.json").write_text(json.dumps(provenance(result, config, source), indent=1))
+        if result.ood is not None:
+            result.ood.save(tmp)
         return registry.publish(tmp, make_current=make_current)
