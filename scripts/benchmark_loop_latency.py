@@ -72,7 +72,8 @@ def main() -> int:
                 start_worker(settings, work / "logs", SCOPELOOP_DEEP_MIN_NEW="0")]
     try:
         t0 = time.time()
-        ws, report = projects.init(settings, f"latency-{uuid.uuid4().hex[:6]}", pool, None,
+        classes = sorted(d.name for d in pool.iterdir() if d.is_dir())
+    ws, report = projects.init(settings, f"latency-{uuid.uuid4().hex[:6]}", pool, classes,
                                    backend_url=settings.backend_url, model={"image_size": args.image_size})
         print(f"project: {report.created} tasks in {time.time() - t0:.1f} s")
         client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)

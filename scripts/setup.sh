@@ -24,6 +24,18 @@ else
   extras="cpu,server,dev"; constraints=(-c .ci/constraints-cpu.txt)
 fi
 
+# Browser tests (tests/test_browser.py) drive the system Chromium via Playwright; without it they skip.
+if [ "${SCOPELOOP_NO_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1 \
+   && ! command -v chromium-browser >/dev/null 2>&1 && ! command -v google-chrome >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && grep -qx 'ID=debian' /etc/os-release 2>/dev/null; then
+    echo "installing chromium for the browser tests (apt)..."
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || echo "note: 'apt-get install chromium' failed; browser tests will be skipped" >&2
+  else
+    echo "note: no Chromium found; browser tests are skipped (Debian: sudo apt-get install -y chromium)" >&2
+  fi
+fi
+
 stamp=.venv/.scopeloop-install
 want=$(cat pyproject.toml .ci/constraints-cpu.txt | sha256sum | cut -c1-16)-$extras
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/scopeloop ]; then

@@ -1,0 +1,194 @@
+"""Issue 7, browser check: what an annotator sees in the real Label Studio labeling page.
+
+A project on a few BCCD images (local-files storage) gets predictions pushed the way the
+worker pushes them (`push_predictions`, under the project's model_version). Headless Chromium
+logs in with the admin's username and password, opens the project's Data Manager and clicks
+"Label All Tasks". The test checks that
+
+* the task served first is the one the sampler put first (priority 0),
+* the editor shows that task's image (the <img> in the labeling area has loaded and has the
+  file's pixel size),
+* the model's predicted class is pre-selected in the Choices control (and only that one),
+* after Submit (accepting the pre-annotation) the predicted class is saved as the label and
+  the next task served is the sampler's second pick, with the same checks,
+
+and keeps a screenshot + the page HTML of the first task under test-artifacts/browser/
+(labeling_stream.png/.html), and of the failing state on failure (labeling_stream-FAILED.*,
+with the error and the browser's console errors in the .txt).
+
+Why the button and not the URL: LS 1.23.2 serves "Label All Tasks" (button) through
+POST /api/dm/actions?id=next_task with body {"project": id}, which follows the project's
+sampling (ascending prediction score). Opening /projects/{id}/data?labeling=1 directly sends
+the tab's (empty) filters, ordering and selectedItems instead, which LS treats as a
+"Data manager queue" and serves the lowest task id, ignoring the sampler's order.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from label_config import build_config
+from ml_backend.labelstudio import LabelStudioClient, PredictionRow, local_files_url
+from tests.browser import (artifacts, chromium_page, login, save_artifacts,
+                           skip_module_without_browser)
+
+pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
+skip_module_without_browser()   # no Playwright / Chromium: skip before Label Studio starts
+
+BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd_wbc"
+DOCUMENT_ROOT = Path("/")   # the fixture's LOCAL_FILES_DOCUMENT_ROOT
+CLASSES = ["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
+# (image class, predicted class, priority): the priority-0 task is neither the first nor the
+# last imported, and its predicted class is predicted for no other task, so serving the lowest
+# id, or showing another task's prediction, fails the test.
+PLAN = [("Eosinophil", "Eosinophil", 2), ("Lymphocyte", "Neutrophil", 3),
+        ("Monocyte", "Monocyte", 0), ("Neutrophil", "Lymphocyte", 1)]
+UI_TIMEOUT_MS = 60_000   # 2 shared cores: the Data Manager + editor bundle loads slowly
+
+
+@pytest.fixture
+def project(label_studio):
+    """A fresh project with 4 BCCD tasks and pushed predictions; deleted afterwards."""
+    if not BCCD.is_dir():
+        pytest.skip(f"BCCD dev images not found at {BCCD}")
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    pid = client.create_project(f"browser-{uuid.uuid4().hex[:8]}", build_config(CLASSES))
+    try:
+        client.ensure_local_storage(pid, str(BCCD))
+        images = [sorted((BCCD / cls).glob("*.jpg"))[0] for cls, _, _ in PLAN]
+        ids = client.import_tasks(pid, [{
+            "image": local_files_url(p.relative_to(DOCUMENT_ROOT).as_posix()),
+            "key": p.relative_to(BCCD).as_posix(), "path": str(p)} for p in images])
+        version = f"browser-test-{uuid.uuid4().hex[:6]}"
+        report = client.push_predictions(pid, [
+            PredictionRow(task_id=t, label=pred, confidence=0.9 - 0.1 * prio, priority=prio)
+            for t, (_, pred, prio) in zip(ids, PLAN)], version)
+        assert report.created == len(PLAN)
+        assert client.get_project(pid)["model_version"] == version
+        tasks = {t: {"image": img, "label": pred, "priority": prio}
+                 for t, img, (_, pred, prio) in zip(ids, images, PLAN)}
+        yield client, pid, tasks
+    finally:
+        try:
+            client.sdk.projects.delete(pid)
+        except Exception:  # cleanup only: never hide the test's own result
+            pass
+
+
+def _wait(page, js: str, arg, ok, timeout_ms: int, every_s: float = 0.25):
+    """Poll `js(arg)` in the page until `ok(value)`; return the last value either way."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    value = None
+    while True:
+        try:
+            value = page.evaluate(js, arg)
+        except Exception as e:  # page navigating / editor re-rendering: try again
+            value = {"evaluate_error": str(e)[:300]}
+        if ok(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
+
+
+# The labeling area's <img> (LS draws it on a canvas; the <img> holds the decoded blob).
+IMAGE_STATE = """() => {
+  const imgs = [...document.querySelectorAll('.lsf-main-view .lsf-image img, .lsf-main-view img[alt="image"]')];
+  return imgs.map(i => ({complete: i.complete, naturalWidth: i.naturalWidth,
+                         naturalHeight: i.naturalHeight, src: i.currentSrc.slice(0, 80)}));
+}"""
+CHOICES_STATE = """() => {
+  const inputs = [...document.querySelectorAll('.lsf-main-view .lsf-choices input, .lsf-main-view .lsf-choice input')];
+  return {names: inputs.map(i => i.name), checked: inputs.filter(i => i.checked).map(i => i.name),
+          highlighted: [...document.querySelectorAll('.lsf-main-view .ant-checkbox-wrapper-checked, .lsf-main-view .ant-radio-wrapper-checked')]
+                         .map(e => e.textContent.replace(/\\[\\w+\\]$/, '').trim())};
+}"""
+TASK_ID_SHOWN = """() => {
+  const el = document.querySelector('.lsf-current-task__task-id');
+  return el && el.firstChild ? el.firstChild.textContent.replace('#', '').trim() : null;
+}"""
+
+
+def _served_by(page, action, what: str) -> dict:
+    """Run `action` (a click) and return the task LS serves in answer (next_task response)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # installed: page exists
+    try:
+        with page.expect_response(lambda r: "/api/dm/actions" in r.url and "id=next_task" in r.url,
+                                  timeout=UI_TIMEOUT_MS) as served:
+            action()
+        response = served.value
+    except PlaywrightTimeout as e:
+        raise AssertionError(f"{what} sent no next_task request (POST /api/dm/actions?id=next_task) "
+                             f"within {UI_TIMEOUT_MS // 1000} s") from e
+    assert response.ok, f"{what}: next_task answered {response.status}: {response.text()[:500]}"
+    return response.json()
+
+
+def _check_served(page, client, pid, tasks, task: dict, priority: int, what: str) -> None:
+    """The served task is the sampler's pick at `priority`, and the editor shows it properly."""
+    order = sorted(tasks, key=lambda t: tasks[t]["priority"])
+    want = order[priority]
+    label = tasks[want]["label"]
+    with Image.open(tasks[want]["image"]) as im:
+        size = im.size
+
+    # 1. the sampler's order is followed, with the live model version's prediction
+    assert task.get("id") == want, (
+        f"{what} served task {task.get('id')} ({task.get('data', {}).get('key')}); expected task "
+        f"{want} (priority {priority}). Sampler order: {order}; predictions of the served task: "
+        f"{json.dumps(task.get('predictions'))[:600]}")
+    live = client.get_project(pid)["model_version"]
+    assert [p["model_version"] for p in task.get("predictions", [])] == [live], (
+        f"the served task should carry exactly one prediction, of the live version {live!r}: "
+        f"{json.dumps(task.get('predictions'))[:600]}")
+
+    # 2. the editor shows this task (bottom bar) and its image: the <img> decoded the file
+    shown = _wait(page, TASK_ID_SHOWN, None, timeout_ms=UI_TIMEOUT_MS, ok=lambda v: v == str(want))
+    assert shown == str(want), f"the editor's bottom bar shows task {shown!r}, expected {want}"
+    images = _wait(page, IMAGE_STATE, None, timeout_ms=UI_TIMEOUT_MS,
+                   ok=lambda v: isinstance(v, list) and any(
+                       (i["naturalWidth"], i["naturalHeight"]) == size for i in v))
+    loaded = [i for i in images if i.get("naturalWidth", 0) > 0] if isinstance(images, list) else []
+    assert loaded, (f"no loaded <img> in the labeling area after {UI_TIMEOUT_MS // 1000} s "
+                    f"(found: {images}); is local-files serving on and the storage path right?")
+    sizes = {(i["naturalWidth"], i["naturalHeight"]) for i in loaded}
+    assert size in sizes, (f"the labeling area shows an image of size {sizes}, expected {size} "
+                           f"({tasks[want]['image'].name}): another task's image?")
+
+    # 3. the model's pre-annotation: the predicted class, and only it, is checked and highlighted
+    choices = _wait(page, CHOICES_STATE, None, timeout_ms=UI_TIMEOUT_MS,
+                    ok=lambda v: isinstance(v, dict) and v.get("checked") == [label]
+                    and v.get("highlighted") == [label])
+    assert isinstance(choices, dict) and choices.get("names"), (
+        f"no Choices control found in the editor: {choices}")
+    assert sorted(choices["names"]) == sorted(CLASSES), f"unexpected choices: {choices['names']}"
+    assert choices["checked"] == [label], (
+        f"the predicted class {label!r} should be the one pre-selected choice of task {want}; "
+        f"checked: {choices['checked']}")
+    assert choices["highlighted"] == [label], (
+        f"the checked choice should be highlighted as {label!r}: {choices['highlighted']}")
+
+
+def test_label_all_tasks_shows_top_task_with_prediction_and_image(label_studio, project):
+    client, pid, tasks = project
+    with chromium_page() as page, artifacts(page, "labeling_stream"):
+        login(page, label_studio.url, label_studio.username, label_studio.password)
+        page.goto(f"{label_studio.url}/projects/{pid}/data")
+        button = page.get_by_role("button", name="Label All Tasks")
+        button.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
+
+        task = _served_by(page, button.click, "'Label All Tasks'")
+        _check_served(page, client, pid, tasks, task, 0, "'Label All Tasks'")
+        save_artifacts(page, "labeling_stream")   # the artifact: first task, prediction selected
+
+        # accept the pre-annotation: the stream goes on in the sampler's order
+        first = task["id"]
+        submit = page.get_by_test_id("bottombar-submit-button")
+        task = _served_by(page, submit.click, "Submit")
+        _check_served(page, client, pid, tasks, task, 1, "the task after Submit")
+        saved = client.read_labels(pid)
+        assert saved == {tasks[first]["image"].relative_to(BCCD).as_posix(): tasks[first]["label"]}, (
+            f"submitting the pre-annotation should save the predicted class for task {first}: {saved}")
