@@ -52,6 +52,8 @@ class Scheduler:
         return queued
 
     def _nightly(self, root: str, now: float) -> str | None:
+        if self.nightly_at.lower() in ("off", "none", ""):  # e.g. the lab uses cron instead
+            return None
         slot = nightly_time(now, self.nightly_at)
         if now < slot:
             slot = (datetime.fromtimestamp(slot) - timedelta(days=1)).timestamp()

@@ -29,8 +29,8 @@ def default_device() -> torch.device:
 
 def loader_workers() -> int:
     """Decoder processes: one on a 2-core laptop (the model needs the other), more on nodes."""
-    env = os.environ.get("SCOPELOOP_LOADER_WORKERS")
-    if env is not None:
+    env = os.environ.get("SCOPELOOP_LOADER_WORKERS", "").strip()
+    if env:
         return int(env)
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if n < 2 else min(8, max(1, n // 2))
