@@ -75,6 +75,43 @@ def _ls_datetime(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def annotation_choice(annotation: dict, from_name: str) -> str | None:
+    """The class an annotation chose (None for a skipped/cancelled or empty annotation)."""
+    if annotation.get("was_cancelled"):
+        return None
+    for r in annotation.get("result") or []:
+        if r.get("from_name") == from_name and r.get("type") == "choices":
+            choices = (r.get("value") or {}).get("choices") or []
+            if choices:
+                return choices[0]
+    return None
+
+
+def task_record(task: dict, from_name: str) -> dict:
+    """The snapshot entry of one task: its final label (last edited annotation wins; None when
+    every annotation was skipped). `n_annotations` counts all, to compare with Label Studio."""
+    anns = []
+    for a in task.get("annotations") or []:
+        label = annotation_choice(a, from_name)
+        if label is None:
+            continue
+        anns.append({
+            "id": a.get("id"),
+            "label": label,
+            "annotator": a.get("created_username") or str(a.get("completed_by") or ""),
+            "created_at": a.get("created_at"),
+            "updated_at": a.get("updated_at") or a.get("created_at"),
+        })
+    anns.sort(key=lambda a: (str(a["updated_at"] or ""), a["id"] or 0))
+    return {
+        "key": (task.get("data") or {}).get("key"),
+        "label": anns[-1]["label"] if anns else None,
+        "n_annotations": len(task.get("annotations") or []),
+        "annotations": anns,
+        "disagreement": len({a["label"] for a in anns}) > 1,
+    }
+
+
 class LabelStudioClient:
     """One Label Studio server, one API token (legacy token or personal access token)."""
 
@@ -238,15 +275,9 @@ class LabelStudioClient:
         """Image key -> class from submitted annotations: last updated wins, skips ignored."""
         labels: dict[str, str] = {}
         for t in self.list_tasks(project_id, annotated=True, completed_since=completed_since):
-            anns = [a for a in t.get("annotations") or [] if not a.get("was_cancelled")]
-            anns.sort(key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a["id"]))
-            for a in reversed(anns):
-                choice = next((r["value"]["choices"][0] for r in a.get("result") or []
-                               if r.get("from_name") == from_name and r.get("type") == "choices"
-                               and r.get("value", {}).get("choices")), None)
-                if choice is not None:
-                    labels[t["data"]["key"]] = choice
-                    break
+            rec = task_record(t, from_name)
+            if rec["label"] is not None:
+                labels[t["data"]["key"]] = rec["label"]
         return labels
 
     def create_annotation(self, task_id: int, label: str, from_name: str = "label",

@@ -34,6 +34,21 @@ class LabelStudioServerError(RuntimeError):
     """Label Studio could not be started (port busy, crash, timeout); the message says why."""
 
 
+def stop_process_group(proc: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal a child started with start_new_session=True and all its children; SIGKILL the
+    group if it lingers, so nothing is left behind."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
 def free_port() -> int:
     """A TCP port free right now on 127.0.0.1 (small race window, fine for tests)."""
     with socket.socket() as s:
@@ -143,18 +158,7 @@ class LabelStudioServer:
             f"log {self.log_path}:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the process group, SIGKILL it if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = None
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.proc, timeout=timeout)
         self.proc = None
 
     def __enter__(self) -> "LabelStudioServer":

@@ -16,44 +16,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from ml_backend.labelstudio import task_record
 from trainer.workspace import Workspace
-
-
-def annotation_choice(annotation: dict, from_name: str) -> str | None:
-    """The class an annotation chose (None for a skipped/cancelled or empty annotation)."""
-    if annotation.get("was_cancelled"):
-        return None
-    for r in annotation.get("result") or []:
-        if r.get("from_name") == from_name and r.get("type") == "choices":
-            choices = (r.get("value") or {}).get("choices") or []
-            if choices:
-                return choices[0]
-    return None
-
-
-def task_record(task: dict, from_name: str) -> dict:
-    """The snapshot entry of one task: its final label (last edited annotation wins; None when
-    every annotation was skipped). `n_annotations` counts all, to compare with Label Studio."""
-    anns = []
-    for a in task.get("annotations") or []:
-        label = annotation_choice(a, from_name)
-        if label is None:
-            continue
-        anns.append({
-            "id": a.get("id"),
-            "label": label,
-            "annotator": a.get("created_username") or str(a.get("completed_by") or ""),
-            "created_at": a.get("created_at"),
-            "updated_at": a.get("updated_at") or a.get("created_at"),
-        })
-    anns.sort(key=lambda a: (str(a["updated_at"] or ""), a["id"] or 0))
-    return {
-        "key": (task.get("data") or {}).get("key"),
-        "label": anns[-1]["label"] if anns else None,
-        "n_annotations": len(task.get("annotations") or []),
-        "annotations": anns,
-        "disagreement": len({a["label"] for a in anns}) > 1,
-    }
 
 
 def _iso(value) -> str | None:

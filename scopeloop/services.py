@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,15 @@ from pathlib import Path
 
 import requests
 
+from ml_backend.ls_server import port_in_use, stop_process_group
+
 
 class ServiceError(RuntimeError):
     """A service could not start; the message says what to do."""
 
 
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) != 0
-
-
 def require_free_port(port: int, what: str, flag: str) -> None:
-    if not port_free(port):
+    if port_in_use(port):
         raise ServiceError(f"port {port} (for {what}) is already in use: stop the program using it "
                            f"(`lsof -i :{port}`) or pick another port with {flag}")
 
@@ -81,16 +76,7 @@ class ChildProcess:
             return "(no log)"
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> None:
-        if not self.alive():
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.proc, sig, timeout)
 
 
 def service_env(settings, **extra) -> dict:

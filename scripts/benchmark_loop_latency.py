@@ -73,7 +73,7 @@ def main() -> int:
     try:
         t0 = time.time()
         classes = sorted(d.name for d in pool.iterdir() if d.is_dir())
-    ws, report = projects.init(settings, f"latency-{uuid.uuid4().hex[:6]}", pool, classes,
+        ws, report = projects.init(settings, f"latency-{uuid.uuid4().hex[:6]}", pool, classes,
                                    backend_url=settings.backend_url, model={"image_size": args.image_size})
         print(f"project: {report.created} tasks in {time.time() - t0:.1f} s")
         client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)

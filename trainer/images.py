@@ -236,8 +236,12 @@ def list_images(folder, recursive: bool = True) -> list[Path]:
 
 
 def image_key(path, root) -> str:
-    """The image's identity everywhere in scopeloop: its path relative to the image root."""
-    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    """The image's identity everywhere in scopeloop: its path relative to the image root.
+
+    Symbolic links are not resolved: labs often link images in from other folders."""
+    import os
+
+    return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
 
 
 def scan_imagefolder(root) -> tuple[list[tuple[Path, str]], list[str]]:

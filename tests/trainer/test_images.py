@@ -104,3 +104,11 @@ def test_folder_listing_keys_and_report(tmp_path, bccd):
     assert "x.tif: file is empty" in rep.summary() and len(rep) == 1
     with pytest.raises(FileNotFoundError, match="no class sub-folders"):
         scan_imagefolder(tmp_path / ".hidden")
+
+
+def test_key_of_a_linked_image_is_its_place_in_the_folder(tmp_path, bccd):
+    src = next((bccd / "Monocyte").iterdir())
+    (tmp_path / "pool" / "Monocyte").mkdir(parents=True)
+    link = tmp_path / "pool" / "Monocyte" / "cell.jpg"
+    link.symlink_to(src)
+    assert [image_key(p, tmp_path / "pool") for p in list_images(tmp_path / "pool")] == ["Monocyte/cell.jpg"]

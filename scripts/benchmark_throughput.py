@@ -1,0 +1,435 @@
+#!/usr/bin/env python
+"""Inference throughput on this machine (images/s), three phases measured in one run:
+
+  decode   : decode + preprocess alone (`ImageDataset[i]` + `collate_skipping`, i.e. exactly the
+             work a loader worker does), serial, one process, one torch thread: per-core cost
+  model    : bare backbone forward on in-memory tensors (a real preprocessed batch repeated),
+             channels_last, torch.no_grad, all torch threads
+  pipeline : `trainer.inference.run_model` over the image paths (DataLoader + workers + model),
+             timed end to end (worker start-up and first-batch latency included)
+
+ratio = pipeline / model, the issue's target: >= 0.85 on CPU (loading must not be the bottleneck).
+
+Every phase runs in a fresh child process (long-lived CPU processes drift, see
+/work/shared/ENVIRONMENT.md); each child sets torch.set_flush_denormal(True) and warms the
+model up with one full batch before timing. Phases are interleaved per repeat, and the ratio is
+taken within each repeat, then the median over repeats is reported (other jobs share the CPU).
+
+Image sets: the JPEG crops of --images (replicated to --n paths), and the same crops written
+as 16-bit, 3-channel, channel-first TIFFs into a temporary folder (microscopy is TIFF).
+
+--variant names code variants of the loading path, applied by monkeypatching inside the child
+processes only (the trainer package is not modified): `baseline` is the code as it is, the
+others are the candidate fixes described in docs/benchmarks.md ("Throughput").
+
+    python scripts/benchmark_throughput.py                                   # defaults below
+    python scripts/benchmark_throughput.py --size 128 --n 512 --repeats 1    # quick look
+    python scripts/benchmark_throughput.py --variant baseline,fast --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_IMAGES = "/work/shared/data/bccd_wbc"
+TARGET = 0.85
+
+
+# ============================================================ variants (child side only)
+
+def _hist_percentiles(a, q):
+    """np.percentile(a.reshape(-1, C), q, axis=0) for an unsigned integer image (H, W, C),
+    from per-channel histograms instead of a partition: same order statistics, same numpy
+    linear interpolation (float64, like np.percentile on the float32 copy)."""
+    import numpy as np
+
+    flat = a.reshape(-1, a.shape[-1])
+    n = flat.shape[0]
+    out = np.empty((len(q), flat.shape[1]), np.float64)
+    for c in range(flat.shape[1]):
+        cum = np.cumsum(np.bincount(flat[:, c]))
+        for j, p in enumerate(q):
+            idx = (p / 100.0) * (n - 1)
+            k = int(np.floor(idx))
+            t = idx - k
+            k1 = min(k + 1, n - 1)
+            lo = float(np.searchsorted(cum, k, side="right"))
+            hi = float(np.searchsorted(cum, k1, side="right"))
+            d = hi - lo  # numpy's _lerp
+            v = lo + d * t if t < 0.5 else hi - d * (1.0 - t)
+            out[j, c] = v
+    return out
+
+
+def _patch_hist_percentile():
+    """to_unit_range: percentiles of 8/16-bit integer images from a histogram (exact)."""
+    import numpy as np
+    from trainer import images
+
+    orig = images.to_unit_range
+
+    def to_unit_range(arr):
+        if arr.dtype == np.uint8 or arr.dtype not in (np.uint16,):
+            return orig(arr)
+        a3 = arr if arr.ndim == 3 else arr[..., None]
+        lo, hi = _hist_percentiles(a3, images.PERCENTILES)
+        a = a3.astype(np.float32)
+        scale = np.where(hi > lo, 1.0 / np.maximum(hi - lo, 1e-12), 0.0).astype(np.float32)
+        out = a - lo.astype(np.float32)
+        out *= scale
+        np.clip(out, 0.0, 1.0, out=out)
+        return out[..., 0] if arr.ndim == 2 else out
+
+    images.to_unit_range = to_unit_range
+
+
+def _patch_collate_hwc():
+    """ImageDataset returns the normalised image as a (3, H, W) view of an HWC tensor and
+    collate_skipping stacks the HWC views (a plain memcpy) into shared memory when it runs in
+    a worker, then permutes: the batch is channels_last with one copy instead of three
+    (strided stack + .contiguous(channels_last) + the move to shared memory for the pipe)."""
+    import numpy as np
+    import torch
+    from torch.utils.data import get_worker_info
+    from trainer import data, inference
+    from trainer.images import ImageReadError, load_for_model
+
+    def __getitem__(self, i):
+        try:
+            arr = load_for_model(self.paths[i], self.size, self.channels)
+        except ImageReadError as exc:
+            return None, self.labels[i], i, exc.reason
+        x = torch.from_numpy(np.ascontiguousarray(arr))  # (H, W, 3)
+        if self.train:
+            x = data.augment(x.permute(2, 0, 1), data.random.Random(hash((self.seed, self.epoch, i))))
+            x = x.permute(1, 2, 0)
+        x = (x - self.mean.view(1, 1, 3)) / self.std.view(1, 1, 3)  # HWC, contiguous
+        return x.permute(2, 0, 1), self.labels[i], i, ""
+
+    def collate_skipping(batch):
+        good = [b for b in batch if b[0] is not None]
+        failed = [(b[2], b[3]) for b in batch if b[0] is None]
+        if good:
+            hwc = [b[0].permute(1, 2, 0) for b in good]
+            out = None
+            if get_worker_info() is not None:  # as default_collate: write straight into shared memory
+                numel = len(hwc) * hwc[0].numel()
+                storage = hwc[0]._typed_storage()._new_shared(numel, device=hwc[0].device)
+                out = hwc[0].new(storage).resize_(len(hwc), *hwc[0].shape)
+            x = torch.stack(hwc, out=out).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
+            y = torch.tensor([b[1] for b in good], dtype=torch.long)
+            rows = torch.tensor([b[2] for b in good], dtype=torch.long)
+        else:
+            x, y, rows = None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        return x, y, rows, failed
+
+    data.ImageDataset.__getitem__ = __getitem__
+    data.collate_skipping = collate_skipping
+    inference.collate_skipping = collate_skipping
+
+
+def _patch_main_threads():
+    """run_model on CPU with workers: torch threads in the main process = cores - workers
+    (the decoders get their own cores instead of preempting the model's OpenMP threads)."""
+    import torch
+    from trainer import inference
+
+    orig = inference.run_model
+
+    def run_model(*a, **k):
+        workers = k.get("num_workers")
+        workers = inference.loader_workers() if workers is None else workers
+        cores = len(os.sched_getaffinity(0))
+        before = torch.get_num_threads()
+        if workers:
+            torch.set_num_threads(max(1, min(before, cores - workers)))
+        try:
+            return orig(*a, **k)
+        finally:
+            torch.set_num_threads(before)
+
+    inference.run_model = run_model
+
+
+def _patch_nice_workers():
+    """DataLoader workers at nice 10: the model's threads win the cores, decoding fills gaps."""
+    import functools
+    from trainer import inference
+
+    def init(_):
+        os.nice(10)
+
+    inference.DataLoader = functools.partial(inference.DataLoader, worker_init_fn=init)
+
+
+# name -> loader patches (change the decode phase too), pipeline-only patches, env, workers
+VARIANTS = {
+    "baseline": {},
+    "hist": {"loader": [_patch_hist_percentile]},
+    "collate": {"loader": [_patch_collate_hwc]},
+    "fast": {"loader": [_patch_hist_percentile, _patch_collate_hwc]},
+    "fast_w0": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "workers": 0},
+    "fast_w2": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "workers": 2},
+    "fast_t1": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "pipeline": [_patch_main_threads]},
+    "fast_nice": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "pipeline": [_patch_nice_workers]},
+    # the change proposed in docs/benchmarks.md ("Throughput"): = fast_nice
+    "proposed": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "pipeline": [_patch_nice_workers]},
+    "fast_passive": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    "baseline_passive": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    "baseline_w0": {"workers": 0},
+}
+
+
+def apply_variant(name: str, phase: str) -> None:
+    v = VARIANTS[name]
+    for patch in v.get("loader", []) + (v.get("pipeline", []) if phase == "pipeline" else []):
+        patch()
+
+
+# ============================================================ child: one phase, fresh process
+
+def _load_paths(spec) -> list[str]:
+    return json.loads(Path(spec["paths_file"]).read_text())
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (DataLoader workers are joined)."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def child(spec: dict) -> dict:
+    for k, v in (spec.get("env") or {}).items():
+        os.environ[k] = v
+    import numpy as np
+    import torch
+
+    torch.set_flush_denormal(True)
+    if spec.get("main_threads"):
+        torch.set_num_threads(spec["main_threads"])
+    import trainer  # noqa: F401  (torchvision shim before timm)
+
+    apply_variant(spec["variant"], spec["phase"])
+    from trainer.data import ImageDataset, collate_skipping
+
+    paths = _load_paths(spec)
+    size, bs, phase = spec["size"], spec["batch_size"], spec["phase"]
+    res = {"phase": phase, "size": size, "fmt": spec["fmt"], "variant": spec["variant"], "n": len(paths),
+           "torch_threads": torch.get_num_threads()}
+
+    if phase == "decode":
+        torch.set_num_threads(1)  # what a DataLoader worker runs with
+        from trainer.backbone import Preprocessing  # noqa: F401
+        ds = ImageDataset(paths, None, size, (0.5,) * 3, (0.5,) * 3)
+        collate_skipping([ds[i] for i in range(min(4, len(ds)))])  # imports, first-call costs
+        t, c = time.perf_counter(), _cpu()
+        for s in range(0, len(ds), bs):
+            collate_skipping([ds[i] for i in range(s, min(len(ds), s + bs))])
+        dt, dc = time.perf_counter() - t, _cpu() - c
+        res.update(seconds=dt, images_per_s=len(ds) / dt, cpu_ms_per_image=1000 * dc / len(ds))
+        return res
+
+    from trainer.backbone import create_backbone
+
+    try:
+        net, pre, source = create_backbone(spec["model"], "imagenet")
+    except Exception as exc:  # no shipped weights for that name: speed is the same
+        net, pre, source = create_backbone(spec["model"], "none")
+        source += f" ({type(exc).__name__})"
+    res["weights"] = source
+    net = net.eval().to(memory_format=torch.channels_last)
+    ds = ImageDataset(paths[:bs], None, size, pre.mean, pre.std)
+    x, *_ = collate_skipping([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        net(x)  # warm-up: oneDNN primitives for this shape
+
+    def bare_model(n_batches):
+        t, c = time.perf_counter(), _cpu()
+        with torch.no_grad():
+            for _ in range(n_batches):
+                net(x)
+        return time.perf_counter() - t, _cpu() - c
+
+    if phase == "pair":  # bare model, pipeline, bare model: the ratio uses the mean of both model runs
+        from trainer.inference import loader_workers, run_model
+
+        n_batches = max(1, len(paths) // bs // 2)
+        m1, mc1 = bare_model(n_batches)
+        workers = spec.get("workers")
+        res["workers"] = loader_workers() if workers is None else workers
+        t, c = time.perf_counter(), _cpu()
+        out = run_model(net, paths, size, pre.mean, pre.std, batch_size=bs, num_workers=workers)
+        dt, dc = time.perf_counter() - t, _cpu() - c
+        m2, mc2 = bare_model(n_batches)
+        assert len(out.rows) == len(paths), f"{len(paths) - len(out.rows)} images skipped: {out.skipped.summary()}"
+        model_rate = 2 * n_batches * bs / (m1 + m2)
+        res.update(seconds=dt, images_per_s=len(paths) / dt, model_images_per_s=model_rate,
+                   model_before=n_batches * bs / m1, model_after=n_batches * bs / m2,
+                   ratio=len(paths) / dt / model_rate,
+                   cpu_ms_per_image=1000 * dc / len(paths), model_cpu_ms_per_image=1000 * (mc1 + mc2) / (2 * n_batches * bs))
+        return res
+    raise ValueError(phase)
+
+
+def run_child(spec: dict) -> dict:
+    env = dict(os.environ)
+    env.update(spec.get("env") or {})
+    proc = subprocess.run([sys.executable, __file__, "--_child", json.dumps(spec)], capture_output=True,
+                          text=True, env=env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {spec['phase']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ============================================================ data
+
+def jpeg_paths(images: str) -> list[str]:
+    from trainer.images import list_images
+
+    return [str(p) for p in list_images(images)]
+
+
+def write_tiffs(src: list[str], dst: Path) -> list[str]:
+    """16-bit, 3-channel, channel-first TIFFs of the same crops (12-bit-like range + offset)."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, p in enumerate(src):
+        a = np.asarray(Image.open(p).convert("RGB")).astype(np.uint16) * 16 + 100  # 100..4180
+        q = dst / f"{i:05d}.tif"
+        tifffile.imwrite(q, np.moveaxis(a, -1, 0))
+        out.append(str(q))
+    return out
+
+
+def replicate(paths: list[str], n: int) -> list[str]:
+    return [paths[i % len(paths)] for i in range(n)]
+
+
+# ============================================================ parent
+
+def _write_json(path, obj) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", default=DEFAULT_IMAGES, help="folder of images (JPEG/PNG, any layout)")
+    ap.add_argument("--size", type=int, nargs="+", default=[128, 224])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--n", type=int, default=1024, help="paths per phase (the image list is replicated)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="DataLoader workers for the pipeline (default: trainer.inference.loader_workers())")
+    ap.add_argument("--main-threads", type=int, default=None, help="torch threads in the main process (default: torch's)")
+    ap.add_argument("--formats", default="jpeg,tiff", help="comma list from: jpeg, tiff")
+    ap.add_argument("--model", default="tf_efficientnet_lite0")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variant", default="baseline", help=f"comma list from: {', '.join(VARIANTS)}")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE set in the child processes")
+    ap.add_argument("--json", dest="json_out", default=None, help="write all results here")
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        print(json.dumps(child(json.loads(args._child))))
+        return
+
+    variants = args.variant.split(",")
+    formats = args.formats.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    env = dict(kv.split("=", 1) for kv in args.env)
+    tmp = tempfile.TemporaryDirectory(prefix="scopeloop_tp_")
+    src = jpeg_paths(args.images)
+    lists = {}
+    if "jpeg" in formats:
+        lists["jpeg"] = replicate(src, args.n)
+    if "tiff" in formats:
+        lists["tiff"] = replicate(write_tiffs(src, Path(tmp.name) / "tiff"), args.n)
+    files = {}
+    for fmt, ps in lists.items():
+        files[fmt] = Path(tmp.name) / f"{fmt}.json"
+        files[fmt].write_text(json.dumps(ps))
+
+    cmd = "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix()] + sys.argv[1:])
+    meta = {"command": cmd, "cpus": len(os.sched_getaffinity(0)), "distinct_images": len(src),
+            "images": args.images, "n": args.n, "batch_size": args.batch_size, "model": args.model,
+            "repeats": args.repeats, "variants": variants, "env": env, "workers": args.workers,
+            "main_threads": args.main_threads, "date": time.strftime("%Y-%m-%d %H:%M")}
+    print(f"# {cmd}\n# {meta['cpus']} CPUs, {len(src)} distinct images replicated to {args.n}, "
+          f"batch {args.batch_size}, {args.model}, {args.repeats} repeat(s)", flush=True)
+    raw = []
+    base = {"batch_size": args.batch_size, "model": args.model, "env": env, "main_threads": args.main_threads}
+    for rep in range(args.repeats):
+        for size in args.size:
+            for fmt in formats:
+                decoded = {}
+                for v in variants:
+                    vs = VARIANTS[v]
+                    spec = {**base, "size": size, "fmt": fmt, "variant": v, "paths_file": str(files[fmt]),
+                            "workers": vs.get("workers", args.workers), "env": {**env, **vs.get("env", {})}}
+                    key = tuple(f.__name__ for f in vs.get("loader", []))
+                    if key not in decoded:  # decode cost depends only on the loader patches
+                        decoded[key] = run_child({**spec, "phase": "decode"})
+                        print(f"  rep {rep} size {size} {fmt} {v} decode {decoded[key]['images_per_s']:.1f} img/s",
+                              flush=True)
+                    raw.append({**decoded[key], "variant": v, "repeat": rep})
+                    r = run_child({**spec, "phase": "pair"})
+                    r["repeat"] = rep
+                    raw.append(r)
+                    if args.json_out:  # partial results survive an interrupted run
+                        _write_json(args.json_out, {"meta": meta, "summary": None, "raw": raw})
+                    print(f"  rep {rep} size {size} {fmt} {v}: model {r['model_before']:.1f} / {r['model_after']:.1f}, "
+                          f"pipeline {r['images_per_s']:.1f} img/s (workers {r['workers']}), ratio {r['ratio']:.2f}",
+                          flush=True)
+
+    def med(phase, size, fmt=None, v=None, key="images_per_s"):
+        vals = [r[key] for r in raw if r["phase"] == phase and r["size"] == size
+                and (fmt is None or r["fmt"] == fmt) and (v is None or r["variant"] == v)]
+        return statistics.median(vals) if vals else float("nan")
+
+    summary = []
+    for size in args.size:
+        for fmt in formats:
+            for v in variants:
+                summary.append({"size": size, "format": fmt, "variant": v,
+                                "decode_img_s_per_core": med("decode", size, fmt, v),
+                                "decode_cpu_ms": med("decode", size, fmt, v, key="cpu_ms_per_image"),
+                                "model_img_s": med("pair", size, fmt, v, key="model_images_per_s"),
+                                "model_cpu_ms": med("pair", size, fmt, v, key="model_cpu_ms_per_image"),
+                                "pipeline_img_s": med("pair", size, fmt, v),
+                                "pipeline_cpu_ms": med("pair", size, fmt, v, key="cpu_ms_per_image"),
+                                "ratio": med("pair", size, fmt, v, key="ratio")})
+    print("\nmedians over repeats (ratio: median of the per-run ratios; CPU ms: per image, all processes)\n")
+    print("| size | format | variant | decode+preprocess img/s (1 core) | CPU ms | bare model img/s | CPU ms "
+          "| pipeline img/s | CPU ms | pipeline / model |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in summary:
+        flag = "" if s["ratio"] >= TARGET else " (< 0.85)"
+        print(f"| {s['size']} | {s['format']} | {s['variant']} | {s['decode_img_s_per_core']:.0f} | "
+              f"{s['decode_cpu_ms']:.1f} | {s['model_img_s']:.1f} | {s['model_cpu_ms']:.1f} | "
+              f"{s['pipeline_img_s']:.1f} | {s['pipeline_cpu_ms']:.1f} | {s['ratio']:.2f}{flag} |")
+    if args.json_out:
+        _write_json(args.json_out, {"meta": meta, "summary": summary, "raw": raw})
+        print(f"\nwrote {args.json_out}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
