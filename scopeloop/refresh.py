@@ -132,13 +132,23 @@ class Refresher:
 
         return torch.device(self.device) if self.device else default_device()
 
+    def task_ids(self, pid: int, refresh: bool = False) -> dict[str, int]:
+        """Image key -> task id of every task. Listing 10,000 tasks costs Label Studio seconds,
+        so the map is cached in the work directory and re-read only when the task count moved."""
+        cache = read_json(self.ws.root / "tasks.json", None)
+        count = int(self.client.get_project(pid).get("task_number") or 0)
+        if refresh or not cache or cache.get("count") != count:
+            cache = {"count": count, "tasks": self.client.task_keys(pid)}
+            write_json_atomic(self.ws.root / "tasks.json", cache)
+        return cache["tasks"]
+
     # ---------------------------------------------------------------- the refresh
     def run(self, kind: str = "quick", full_sync: bool | None = None) -> dict:
         from ml_backend.sync import labels_by_key, sync_labels
 
         t0 = time.time()
         pid = self.ws.project["ls_project_id"]
-        task_ids = self.client.task_keys(pid)  # key -> task id, every task of the project
+        task_ids = self.task_ids(pid, refresh=kind == "deep")
         snapshot = sync_labels(self.client, self.ws, full=(kind == "deep") if full_sync is None else full_sync)
         labels = {k: v for k, v in labels_by_key(snapshot).items() if v in self.classes and k in task_ids}
         t_sync = time.time()
@@ -318,10 +328,26 @@ class Refresher:
                 "push_seconds": round(report.import_s + report.switch_s, 2)}
 
     def prune(self) -> dict:
-        """Delete predictions of versions no longer live (after the order is already served)."""
+        """Delete predictions of superseded versions (after the new order is already served).
+
+        Only versions pushed before the live one (lower push number) or not ours are deleted, so
+        pruning needs no lock: a push in progress always carries a higher number."""
         t0 = time.time()
-        n = self.client.prune_predictions(self.ws.project["ls_project_id"], keep=self.ws.status["ls_model_version"])
+        pid = self.ws.project["ls_project_id"]
+        live = self.ws.status.get("ls_model_version")
+        if not live:
+            return {"pruned": 0, "prune_seconds": 0.0}
+        live_n = _push_number(live)
+        stale = [v for v in self.client.model_versions(pid)
+                 if v != live and (_push_number(v) is None or _push_number(v) < live_n)]
+        n = sum(self.client.delete_model_version(pid, v) for v in stale)
         return {"pruned": n, "prune_seconds": round(time.time() - t0, 2)}
+
+
+def _push_number(ls_version: str) -> int | None:
+    """scopeloop-v003-00012 -> 12 (None for a version name that is not one of our pushes)."""
+    tail = ls_version.rsplit("-", 1)[-1]
+    return int(tail) if ls_version.startswith("scopeloop-v") and tail.isdigit() else None
 
 
 def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
@@ -361,8 +387,7 @@ def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
 
 
 def prune_job(root: str) -> dict:
-    """Delete superseded predictions in Label Studio, under the project's lock (a push in
-    progress imports under a version that is not live yet and must not be deleted)."""
+    """Delete superseded predictions in Label Studio (see Refresher.prune: no lock needed)."""
     from rq import get_current_job
 
     from ml_backend.labelstudio import LabelStudioClient
@@ -373,9 +398,8 @@ def prune_job(root: str) -> dict:
     job = get_current_job()
     q = RefreshQueue(job.connection)
     q.release_pending(root, "prune", job.id)
-    with q.lock(root, wait_s=3600):
-        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
-        out = Refresher(Workspace(Path(root)), client).prune()
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    out = Refresher(Workspace(Path(root)), client).prune()
     Workspace(Path(root)).update_status(last_prune=dict(out, finished=time.time()))
     return out
 

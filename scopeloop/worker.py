@@ -7,7 +7,8 @@ time-driven refreshes (nightly deep refresh, recovery, lost-webhook checks) in a
 
 The scheduler runs in its own (spawned) process, not a thread: RQ forks a work horse per job,
 and forking while another thread holds a lock (an import, logging, a socket) can deadlock the
-child. For the same reason this parent process never imports torch.
+child. The parent imports the refresh code once (torch, timm, faiss: ~1.5 s) so each forked job
+starts with it loaded; it runs no torch operation itself, so no thread pool exists at fork time.
 """
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True,
                tick_s: float = float(os.environ.get("SCOPELOOP_SCHEDULER_TICK", "30")),
                name: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import ml_backend.labelstudio  # noqa: F401  (preloaded for the forked jobs, see above)
+    import sampler  # noqa: F401
+    import scopeloop.refresh  # noqa: F401
+    import trainer.head  # noqa: F401
+    import trainer.model  # noqa: F401
+
     redis = connect_redis(settings.redis_url, timeout=30)
     redis.ping()
     proc = None
