@@ -213,7 +213,6 @@ def _cpu() -> float:
 def child(spec: dict) -> dict:
     for k, v in (spec.get("env") or {}).items():
         os.environ[k] = v
-    import numpy as np
     import torch
 
     torch.set_flush_denormal(True)
@@ -231,7 +230,6 @@ def child(spec: dict) -> dict:
 
     if phase == "decode":
         torch.set_num_threads(1)  # what a DataLoader worker runs with
-        from trainer.backbone import Preprocessing  # noqa: F401
         ds = ImageDataset(paths, None, size, (0.5,) * 3, (0.5,) * 3)
         collate_skipping([ds[i] for i in range(min(4, len(ds)))])  # imports, first-call costs
         t, c = time.perf_counter(), _cpu()

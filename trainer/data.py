@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from trainer.images import ImageReadError, load_for_model
 
@@ -63,10 +63,13 @@ class ImageDataset(Dataset):
             arr = load_for_model(self.paths[i], self.size, self.channels)
         except ImageReadError as exc:
             return None, self.labels[i], i, exc.reason
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        x = torch.from_numpy(np.ascontiguousarray(arr))  # (H, W, 3)
         if self.train:  # per-sample, per-epoch seed: reproducible whatever the worker count
-            x = augment(x, random.Random(hash((self.seed, self.epoch, i))))
-        return (x - self.mean) / self.std, self.labels[i], i, ""
+            x = augment(x.permute(2, 0, 1), random.Random(hash((self.seed, self.epoch, i)))).permute(1, 2, 0)
+        # normalised in HWC and returned as a (3, H, W) view: collate_skipping stacks HWC memory
+        # straight into a channels_last batch (one copy instead of three)
+        x = (x - self.mean.view(1, 1, 3)) / self.std.view(1, 1, 3)
+        return x.permute(2, 0, 1), self.labels[i], i, ""
 
 
 def collate_skipping(batch):
@@ -74,7 +77,12 @@ def collate_skipping(batch):
     good = [b for b in batch if b[0] is not None]
     failed = [(b[2], b[3]) for b in batch if b[0] is None]
     if good:
-        x = torch.stack([b[0] for b in good]).contiguous(memory_format=torch.channels_last)
+        hwc = [b[0].permute(1, 2, 0) for b in good]
+        out = None
+        if get_worker_info() is not None:  # like default_collate: build the batch in shared memory
+            storage = hwc[0]._typed_storage()._new_shared(len(hwc) * hwc[0].numel(), device=hwc[0].device)
+            out = hwc[0].new(storage).resize_(len(hwc), *hwc[0].shape)
+        x = torch.stack(hwc, out=out).permute(0, 3, 1, 2)  # (N, 3, H, W), channels_last memory
         y = torch.tensor([b[1] for b in good], dtype=torch.long)
         rows = torch.tensor([b[2] for b in good], dtype=torch.long)
     else:

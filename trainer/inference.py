@@ -36,6 +36,16 @@ def loader_workers() -> int:
     return 0 if n < 2 else min(8, max(1, n // 2))
 
 
+def _lower_priority(_worker_id: int) -> None:
+    """DataLoader worker_init_fn on CPU: decoders at nice 10, so they fill the gaps the model's
+    OpenMP threads leave instead of preempting them (a preempted OpenMP thread stalls the whole
+    forward pass at its next barrier)."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
 def autocast(device: torch.device, enabled: bool | None = None):
     """Mixed precision on CUDA (bf16/fp16 autocast); plain fp32 on CPU."""
     if enabled is None:
@@ -64,7 +74,8 @@ def run_model(net, paths: Sequence, size: int, mean, std, channels=None, batch_s
     workers = loader_workers() if num_workers is None else num_workers
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skipping,
                     pin_memory=device.type == "cuda", persistent_workers=False,
-                    prefetch_factor=4 if workers else None)
+                    prefetch_factor=4 if workers else None,
+                    worker_init_fn=_lower_priority if workers and device.type == "cpu" else None)
     has_head = hasattr(net, "head")
     embs, probs, rows, report = [], [], [], SkipReport()
     with tqdm(total=len(ds), desc=desc, unit="img", disable=not progress) as bar:
