@@ -210,9 +210,10 @@ def cmd_init(args) -> int:
 
 def cmd_demo(args) -> int:
     from scopeloop.demo import run_demo
-    from scopeloop.settings import load_settings
+    from scopeloop.settings import Settings
 
-    run_demo(load_settings(), images=args.images, classes=_class_list(args.classes), port=args.port,
+    # not load_settings(): the demo starts its own services; settings.env describes the last run's
+    run_demo(Settings(), images=args.images, classes=_class_list(args.classes), port=args.port,
              backend_port=args.backend_port)
     return 0
 

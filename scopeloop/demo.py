@@ -32,6 +32,21 @@ def _credentials(home: Path) -> dict:
     return creds
 
 
+def _starter_labels(images: Path, home: Path, per_class: int = 2) -> Path:
+    from trainer.images import image_key, scan_imagefolder
+
+    items, _ = scan_imagefolder(images)
+    rows, seen = ["file,label"], {}
+    for path, cls in items:
+        if seen.get(cls, 0) < per_class:
+            seen[cls] = seen.get(cls, 0) + 1
+            rows.append(f"{image_key(path, images)},{cls}")
+    out = home / "starter_labels.csv"
+    home.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
 def _common_root(*paths: Path) -> Path:
     import os
 
@@ -45,6 +60,7 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
     from ml_backend.queue import RefreshQueue, connect_redis
     from scopeloop import projects
 
+    bundled = images is None
     images = Path(images or SAMPLE).resolve()
     labels = None
     if classes is None:
@@ -53,6 +69,8 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
             raise ServiceError(f"no --classes given and '{images}' has no class sub-folders to take them from")
     home = settings.home
     creds = _credentials(home)
+    if bundled:  # like a lab's partly labeled data: two images per class come labeled
+        labels = _starter_labels(images, home)
     require_free_port(port, "Label Studio", "--port")
     require_free_port(backend_port, "the ML backend", "--backend-port")
     started = []
@@ -88,6 +106,9 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
         log("starting the ML backend and a worker ...")
         started.append(start_backend(settings, backend_port, home / "logs"))
         started.append(start_worker(settings, home / "logs"))
+        from scopeloop.settings import write_settings_file
+
+        write_settings_file(settings)
         log(f"creating the project from {images} ...")
         ws, report = projects.init(settings, name, images, classes, labels=labels, backend_url=settings.backend_url,
                                    model={"image_size": 128})
@@ -111,9 +132,9 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
             f"  log in    {creds['username']} / {creds['password']}",
             f"  API token {creds['token']}",
             "  then      click 'Label All Tasks': images come in the order that teaches the model most,",
-            "            with the model's guess pre-selected (its confidence is shown). Each label you",
-            "            submit retrains the model within seconds; `scopeloop status --project demo`",
-            f"            (with SCOPELOOP_HOME={home}) shows progress.",
+            "            with the model's guess pre-selected and its confidence shown (as soon as two",
+            "            classes have labels). Each label you submit retrains the model within seconds.",
+            f"  progress  SCOPELOOP_HOME={home} .venv/bin/scopeloop status --project demo",
             "  stop      Ctrl-C (run the same command again to continue where you left off)",
         ]))
         if not wait:

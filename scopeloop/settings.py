@@ -28,5 +28,31 @@ class Settings:
         return self.home / "projects" / name
 
 
+SETTINGS_FILE = "settings.env"
+
+
 def load_settings() -> Settings:
+    """Settings from the environment, completed by <SCOPELOOP_HOME>/settings.env (written by
+    `scopeloop demo`), so `scopeloop status` finds the demo's Redis and Label Studio."""
+    home = Path(_env("SCOPELOOP_HOME", ".scopeloop")).resolve()
+    env_file = home / SETTINGS_FILE
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and not key.startswith("#"):
+                os.environ.setdefault(key.strip(), value.strip())
     return Settings()
+
+
+def write_settings_file(settings: Settings) -> Path:
+    path = settings.home / SETTINGS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([
+        "# written by `scopeloop demo`: the services it started (environment variables win)",
+        f"REDIS_URL={settings.redis_url}",
+        f"LABEL_STUDIO_URL={settings.label_studio_url}",
+        f"LABEL_STUDIO_API_KEY={settings.label_studio_api_key}",
+        f"SCOPELOOP_BACKEND_URL={settings.backend_url}",
+    ]) + "\n")
+    path.chmod(0o600)
+    return path
