@@ -40,7 +40,8 @@ from tests.browser import (artifacts, chromium_page, login, save_artifacts,
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 skip_module_without_browser()   # no Playwright / Chromium: skip before Label Studio starts
 
-BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd_wbc"
+from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+BCCD = _DEV_DATA
 DOCUMENT_ROOT = Path("/")   # the fixture's LOCAL_FILES_DOCUMENT_ROOT
 CLASSES = ["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 # (image class, predicted class, priority): the priority-0 task is neither the first nor the

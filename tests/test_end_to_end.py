@@ -27,7 +27,8 @@ from scopeloop.services import start_backend, start_worker
 from scopeloop.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
-BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd_wbc"
+from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+BCCD = _DEV_DATA
 FAST = {"SCOPELOOP_LOCK_TTL": "4", "SCOPELOOP_SCHEDULER_TICK": "1", "SCOPELOOP_DEEP_MIN_NEW": "0",
         "SCOPELOOP_DEEP_EPOCHS": "2"}
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-BCCD = Path(__file__).resolve().parents[3] / "shared" / "data" / "bccd_wbc"
+from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+BCCD = _DEV_DATA
 BCCD_CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 
 

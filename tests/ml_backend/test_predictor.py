@@ -15,7 +15,8 @@ import pytest
 
 from trainer.workspace import Workspace
 
-BCCD = Path(__file__).resolve().parents[3] / "shared" / "data" / "bccd_wbc"
+from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+BCCD = _DEV_DATA
 CLASSES = ["Eosinophil", "Lymphocyte", "Neutrophil"]
 PER_CLASS = 5
 N_CACHED = 10          # the first 10 keys are in the prediction cache; the other 5 are not

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV = Path("/work/shared/data/bccd_wbc")
+from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+DEV = _DEV_DATA
 
 
 @pytest.mark.skipif(not DEV.is_dir(), reason="dev data set not present")

@@ -9,7 +9,8 @@ from trainer.images import image_key, scan_imagefolder
 from trainer.workspace import Workspace
 
 pytestmark = pytest.mark.slow
-BCCD = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "bccd_wbc"
+from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+BCCD = _DEV_DATA
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-BCCD = Path(__file__).resolve().parents[3] / "shared" / "data" / "bccd_wbc"
+from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+BCCD = _DEV_DATA
 
 
 @pytest.fixture(scope="session")
