@@ -2,11 +2,19 @@
 
 1. No model yet, or fewer labels than `cold_start_labels` (default 2 per class, at least 10):
    TypiClust cold start (`sampler.coldstart`).
-2. A share of the batch goes to the classes with the fewest labels (`sampler.balance`).
-3. The rest: the `beta` x budget most uncertain images (margin) are pre-selected, clustered
-   into as many groups as picks are left with uncertainty-weighted k-means, and the image
-   nearest each group centre is taken (Zhdanov 2019, "Diverse mini-batch active learning").
-   Pre-selecting keeps the diversity step small (10k x 1280 for 1,000 picks), whatever the pool.
+2. A share of the batch (`rare_frac`, 10%) goes to the classes with the fewest labels
+   (`sampler.balance`).
+3. The rest: the `beta` x budget most uncertain images (margin), but at most `cand_frac` (30%)
+   of the unlabeled images, are pre-selected, clustered into as many groups as picks are left
+   with uncertainty-weighted k-means, and the image nearest each group centre is taken
+   (Zhdanov 2019, "Diverse mini-batch active learning"). Pre-selecting keeps the diversity
+   step small (10k x 1280 for 1,000 picks), whatever the pool; the 30% cap keeps it about
+   *uncertain* images when the pool is small (10 x budget would otherwise be most of it).
+4. Late rounds (`late_frac`: 70% of the pool labeled): the remaining images are few and mostly
+   easy, so spreading picks over them only dilutes the uncertainty signal: plain margin.
+Tuned on bccd_wbc + the synthetic set, 5 seeds each (docs/benchmarks.md, "Sampler: label
+efficiency"); `rare_frac`, `beta`, `cand_frac`, `late_frac`, `pick`, `cold_start_labels` are
+`select(...)` options.
 """
 from __future__ import annotations
 
@@ -20,7 +28,10 @@ from .space import Space
 from .uncertainty import margin, top2
 
 BETA = 10
-RARE_FRAC = 0.25
+RARE_FRAC = 0.1   # share of the batch for the classes with the fewest labels (was 0.25)
+LATE_FRAC = 0.7   # once this share of the pool is labeled: uncertainty only, no diversity step
+CAND_FRAC = 0.3   # the pre-selection never takes more than this share of the unlabeled images
+PICK = "centre"    # per group: "centre" (image nearest the group centre) or "margin" (most uncertain)
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -58,15 +69,23 @@ def hybrid(pool: Pool):
                         f"a class with few labels"))
     # 3. uncertain + diverse
     n_main = pool.budget - len(out)
-    if n_main > 0:
+    late = n_lab / max(len(p), 1) >= float(pool.opt("late_frac", LATE_FRAC))
+    if n_main > 0 and late:
+        free = np.flatnonzero(~taken)
+        for r in free[_top(u[free], pool.budget * 2 + 8 - len(out))]:
+            taken[r] = True
+            out.append((int(unl[r]), float(u[r]), f"uncertain (late round, most images labeled): "
+                                                   f"top two classes {a[r]:.2f} vs {b[r]:.2f}"))
+    elif n_main > 0:
         beta = float(pool.opt("beta", BETA))
         free = np.flatnonzero(~taken)
-        cand = free[_top(u[free], int(max(n_main, beta * n_main)))]
+        n_cand = int(max(n_main, min(beta * n_main, float(pool.opt("cand_frac", CAND_FRAC)) * len(free))))
+        cand = free[_top(u[free], n_cand)]
         space = Space.fit(pool.x, unl[cand], len(cand), pool.rng)
         v = space.transform(pool.x, unl[cand])
         w = u[cand] + 1e-3
         _, assign, sims = kmeans(v, min(n_main, len(cand)), seed=pool.seed, weights=w)
-        clusters, members = representatives(assign, sims)
+        clusters, members = representatives(assign, u[cand] if pool.opt("pick", PICK) == "margin" else sims)
         weight = np.bincount(assign, weights=w, minlength=assign.max() + 1)[clusters]
         for j in members[np.argsort(-weight, kind="stable")]:
             r = cand[j]

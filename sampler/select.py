@@ -67,8 +67,8 @@ STRATEGIES: dict[str, tuple] = {
                             "images as you asked for."),
     "typiclust": (typiclust, "Cold start: the most typical image of each group of similar images "
                              "that has no label yet; needs no model."),
-    "hybrid": (hybrid, "Default: images the model is unsure about, one per group of similar-looking "
-                       "images, plus extra picks for classes with few labels."),
+    "hybrid": (hybrid, "Default: images the model is unsure about, one per group of look-alikes "
+                       "(late on, just the most unsure), plus some for classes with few labels."),
 }
 # strategies that promise "never a batch of near-duplicates"
 DEDUPE = {"kcenter", "kmeans", "typiclust", "hybrid"}

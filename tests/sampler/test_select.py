@@ -203,3 +203,24 @@ def test_import_sets_openblas_coretype_before_faiss():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(sampler.__file__)), check=True)
     assert out.stdout.strip() == str(want)
+
+
+def test_hybrid_late_rounds_are_uncertainty_only():
+    """Once most of the pool is labeled (late_frac, 70%), hybrid picks the most uncertain
+    images (no diversity step), and says so; before that the diversity step runs."""
+    from sampler.hybrid import LATE_FRAC
+
+    x, p, y = blobs(n_per=30, k=4, d=16, seed=3)
+    n = len(y)
+    rng = np.random.default_rng(0)
+    lab = np.zeros(n, bool)
+    lab[rng.choice(n, int(np.ceil(LATE_FRAC * n)), replace=False)] = True
+    picks = select(x, p, lab, 5, strategy="hybrid", rare_frac=0.0)
+    check(picks, lab, 5, n)
+    assert all("late round" in pk.reason for pk in picks)
+    unl = np.flatnonzero(~lab)
+    m = 1 - np.diff(np.sort(p[unl], axis=1)[:, -2:], axis=1)[:, 0]
+    assert {pk.row for pk in picks} == set(unl[np.argsort(-m, kind="stable")[:5]].tolist())
+    early = np.zeros(n, bool)
+    early[rng.choice(n, 30, replace=False)] = True
+    assert not any("late round" in pk.reason for pk in select(x, p, early, 5, strategy="hybrid"))
