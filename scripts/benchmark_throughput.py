@@ -24,7 +24,7 @@ others are the candidate fixes described in docs/benchmarks.md ("Throughput").
 
     python scripts/benchmark_throughput.py                                   # defaults below
     python scripts/benchmark_throughput.py --size 128 --n 512 --repeats 1    # quick look
-    python scripts/benchmark_throughput.py --variant baseline,fast --json out.json
+    python scripts/benchmark_throughput.py --variant baseline,w2 --json out.json
 """
 from __future__ import annotations
 
@@ -46,97 +46,6 @@ TARGET = 0.85
 
 
 # ============================================================ variants (child side only)
-
-def _hist_percentiles(a, q):
-    """np.percentile(a.reshape(-1, C), q, axis=0) for an unsigned integer image (H, W, C),
-    from per-channel histograms instead of a partition: same order statistics, same numpy
-    linear interpolation (float64, like np.percentile on the float32 copy)."""
-    import numpy as np
-
-    flat = a.reshape(-1, a.shape[-1])
-    n = flat.shape[0]
-    out = np.empty((len(q), flat.shape[1]), np.float64)
-    for c in range(flat.shape[1]):
-        cum = np.cumsum(np.bincount(flat[:, c]))
-        for j, p in enumerate(q):
-            idx = (p / 100.0) * (n - 1)
-            k = int(np.floor(idx))
-            t = idx - k
-            k1 = min(k + 1, n - 1)
-            lo = float(np.searchsorted(cum, k, side="right"))
-            hi = float(np.searchsorted(cum, k1, side="right"))
-            d = hi - lo  # numpy's _lerp
-            v = lo + d * t if t < 0.5 else hi - d * (1.0 - t)
-            out[j, c] = v
-    return out
-
-
-def _patch_hist_percentile():
-    """to_unit_range: percentiles of 8/16-bit integer images from a histogram (exact)."""
-    import numpy as np
-    from trainer import images
-
-    orig = images.to_unit_range
-
-    def to_unit_range(arr):
-        if arr.dtype == np.uint8 or arr.dtype not in (np.uint16,):
-            return orig(arr)
-        a3 = arr if arr.ndim == 3 else arr[..., None]
-        lo, hi = _hist_percentiles(a3, images.PERCENTILES)
-        a = a3.astype(np.float32)
-        scale = np.where(hi > lo, 1.0 / np.maximum(hi - lo, 1e-12), 0.0).astype(np.float32)
-        out = a - lo.astype(np.float32)
-        out *= scale
-        np.clip(out, 0.0, 1.0, out=out)
-        return out[..., 0] if arr.ndim == 2 else out
-
-    images.to_unit_range = to_unit_range
-
-
-def _patch_collate_hwc():
-    """ImageDataset returns the normalised image as a (3, H, W) view of an HWC tensor and
-    collate_skipping stacks the HWC views (a plain memcpy) into shared memory when it runs in
-    a worker, then permutes: the batch is channels_last with one copy instead of three
-    (strided stack + .contiguous(channels_last) + the move to shared memory for the pipe)."""
-    import numpy as np
-    import torch
-    from torch.utils.data import get_worker_info
-    from trainer import data, inference
-    from trainer.images import ImageReadError, load_for_model
-
-    def __getitem__(self, i):
-        try:
-            arr = load_for_model(self.paths[i], self.size, self.channels)
-        except ImageReadError as exc:
-            return None, self.labels[i], i, exc.reason
-        x = torch.from_numpy(np.ascontiguousarray(arr))  # (H, W, 3)
-        if self.train:
-            x = data.augment(x.permute(2, 0, 1), data.random.Random(hash((self.seed, self.epoch, i))))
-            x = x.permute(1, 2, 0)
-        x = (x - self.mean.view(1, 1, 3)) / self.std.view(1, 1, 3)  # HWC, contiguous
-        return x.permute(2, 0, 1), self.labels[i], i, ""
-
-    def collate_skipping(batch):
-        good = [b for b in batch if b[0] is not None]
-        failed = [(b[2], b[3]) for b in batch if b[0] is None]
-        if good:
-            hwc = [b[0].permute(1, 2, 0) for b in good]
-            out = None
-            if get_worker_info() is not None:  # as default_collate: write straight into shared memory
-                numel = len(hwc) * hwc[0].numel()
-                storage = hwc[0]._typed_storage()._new_shared(numel, device=hwc[0].device)
-                out = hwc[0].new(storage).resize_(len(hwc), *hwc[0].shape)
-            x = torch.stack(hwc, out=out).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
-            y = torch.tensor([b[1] for b in good], dtype=torch.long)
-            rows = torch.tensor([b[2] for b in good], dtype=torch.long)
-        else:
-            x, y, rows = None, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-        return x, y, rows, failed
-
-    data.ImageDataset.__getitem__ = __getitem__
-    data.collate_skipping = collate_skipping
-    inference.collate_skipping = collate_skipping
-
 
 def _patch_main_threads():
     """run_model on CPU with workers: torch threads in the main process = cores - workers
@@ -161,32 +70,15 @@ def _patch_main_threads():
     inference.run_model = run_model
 
 
-def _patch_nice_workers():
-    """DataLoader workers at nice 10: the model's threads win the cores, decoding fills gaps."""
-    import functools
-    from trainer import inference
-
-    def init(_):
-        os.nice(10)
-
-    inference.DataLoader = functools.partial(inference.DataLoader, worker_init_fn=init)
-
-
 # name -> loader patches (change the decode phase too), pipeline-only patches, env, workers
 VARIANTS = {
+    # the loading changes first measured here as "proposed" (histogram percentiles for 16-bit,
+    # one-copy channels_last batches, nice-10 loader workers) are now in trainer/: "baseline"
     "baseline": {},
-    "hist": {"loader": [_patch_hist_percentile]},
-    "collate": {"loader": [_patch_collate_hwc]},
-    "fast": {"loader": [_patch_hist_percentile, _patch_collate_hwc]},
-    "fast_w0": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "workers": 0},
-    "fast_w2": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "workers": 2},
-    "fast_t1": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "pipeline": [_patch_main_threads]},
-    "fast_nice": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "pipeline": [_patch_nice_workers]},
-    # the change proposed in docs/benchmarks.md ("Throughput"): = fast_nice
-    "proposed": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "pipeline": [_patch_nice_workers]},
-    "fast_passive": {"loader": [_patch_hist_percentile, _patch_collate_hwc], "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
-    "baseline_passive": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}},
-    "baseline_w0": {"workers": 0},
+    "w0": {"workers": 0},
+    "w2": {"workers": 2},
+    "t1": {"pipeline": [_patch_main_threads]},
+    "passive": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}},
 }
 
 
