@@ -103,12 +103,7 @@ def _workspace(args):
     from trainer.workspace import Workspace
 
     settings = load_settings()
-    root = settings.project_dir(args.project)
-    if not (root / "project.json").is_file():
-        known = sorted(p.name for p in (settings.home / "projects").glob("*") if (p / "project.json").is_file())
-        raise UserError(f"no project '{args.project}' in {settings.home} (known: {', '.join(known) or 'none'}); "
-                        f"create it with `scopeloop init`")
-    return settings, Workspace(root)
+    return settings, Workspace(settings.existing_project(args.project))
 
 
 def cmd_worker(args) -> int:
@@ -225,6 +220,10 @@ def cmd_backend(args) -> int:
     return 0
 
 
+def _add_project_arg(p) -> None:
+    p.add_argument("--project", default="default", help="project name (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scopeloop", description="Active-learning annotation for microscopy image classification.")
     p.add_argument("--version", action="version", version="scopeloop 0.1.0")
@@ -269,14 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("refresh", help="retrain the project's model now (quick, or --deep fine-tune)",
                        description="Queue a refresh for a worker, or run it in this process with --now.")
-    r.add_argument("--project", default="default", help="project name (default: %(default)s)")
+    _add_project_arg(r)
     r.add_argument("--deep", action="store_true", help="fine-tune the backbone (GPU recommended) instead of the quick head")
     r.add_argument("--now", action="store_true", help="run here instead of queueing for a worker")
     r.set_defaults(func=cmd_refresh)
 
     st = sub.add_parser("status", help="labels, current model, jobs and last refreshes of a project",
                         description="Per project: labeled/unlabeled counts, current model and metrics, jobs, last refresh times.")
-    st.add_argument("--project", default="default", help="project name (default: %(default)s)")
+    _add_project_arg(st)
     st.set_defaults(func=cmd_status)
 
     i = sub.add_parser("init", help="create or update the Label Studio project for a folder of images",
@@ -285,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--images", required=True, help="folder of images (searched recursively)")
     i.add_argument("--classes", help="cell types, comma-separated or a file with one per line (default with --labels imagefolder: the folder names)")
     i.add_argument("--labels", help="existing labels to import: a CSV file with columns file,label, or the word 'imagefolder'")
-    i.add_argument("--project", default="default", help="project name (default: %(default)s)")
+    _add_project_arg(i)
     i.add_argument("--backbone", default="tf_efficientnet_lite0")
     i.add_argument("--image-size", type=int, default=224)
     i.add_argument("--channels", help="image channels feeding R,G,B, e.g. 0,2,1")

@@ -210,7 +210,7 @@ class Refresher:
             promote, reason = True, f"validation macro-F1 {new_f1:.3f} vs current {cur_f1:.3f} (tolerance {GATE_TOLERANCE})"
         else:
             promote, reason = False, f"held back: validation macro-F1 {new_f1:.3f} < current {cur_f1:.3f} - {GATE_TOLERANCE}"
-        version = self._save(kind, head, lab_keys, y, tr, va, promote, reason, new_f1, cur_f1)
+        version = self._save(kind, head, lab_keys, X, y, tr, va, promote, reason, new_f1, cur_f1)
         self.log(f"model {version}: {reason}")
         if promote:
             probs = head.predict_proba(emb_all)
@@ -223,7 +223,8 @@ class Refresher:
         return version, probs, {"candidate": version if promote else None, "promoted": promote,
                                 "gate": reason, "val_macro_f1": new_f1, "current_val_macro_f1": cur_f1}
 
-    def _save(self, kind, head, lab_keys, y, tr, va, promote, reason, new_f1, cur_f1) -> str:
+    def _save(self, kind, head, lab_keys, X, y, tr, va, promote, reason, new_f1, cur_f1) -> str:
+        """Publish the candidate; X are the embeddings of `lab_keys` (rows as in y)."""
         from trainer.metrics import classification_metrics, write_qc
         from trainer.model import Classifier, ModelConfig, ScopeModel
         from trainer.ood import build_reference
@@ -236,12 +237,8 @@ class Refresher:
         net.head = head.to_linear()
         model = ScopeModel(cfg, net, backbone_finetuned=weights_file is not None)
         yv = np.asarray(y)
-        emb_keys = lab_keys
-        cache_keys, cache_emb = self.ws.embeddings(space).load()
-        crow = {k: i for i, k in enumerate(cache_keys)}
-        Xv = cache_emb[[crow[emb_keys[i]] for i in va]] if va else None
         metrics = {
-            "validation": classification_metrics(yv[va], head.predict_proba(Xv).argmax(1), self.classes) if va else {"n": 0},
+            "validation": classification_metrics(yv[va], head.predict_proba(X[va]).argmax(1), self.classes) if va else {"n": 0},
             "counts": {"train": {c: int((yv[tr] == i).sum()) for i, c in enumerate(self.classes)},
                        "validation": {c: int((yv[va] == i).sum()) for i, c in enumerate(self.classes)}},
             "gate": {"promoted": promote, "reason": reason, "val_macro_f1": new_f1, "current_val_macro_f1": cur_f1},
@@ -251,11 +248,11 @@ class Refresher:
         with reg.staging() as tmp:
             model.save(tmp)
             write_qc(tmp, metrics, head.history, head.best_epoch)
-            build_reference(cache_emb[[crow[k] for k in lab_keys]], yv).save(tmp)  # for out-of-distribution flags
+            build_reference(X, yv).save(tmp)  # for out-of-distribution flags
             write_json_atomic(tmp / "provenance.json", {
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": kind, "embedding_space": space,
                 "weights_source": source, "device": str(self._torch_device()), "labels": len(lab_keys),
-                "validation_keys": [emb_keys[i] for i in va], "promoted": promote, "reason": reason,
+                "validation_keys": [lab_keys[i] for i in va], "promoted": promote, "reason": reason,
             })
             return reg.publish(tmp, make_current=promote, reason=reason)
 

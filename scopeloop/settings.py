@@ -27,6 +27,15 @@ class Settings:
     def project_dir(self, name: str) -> Path:
         return self.home / "projects" / name
 
+    def existing_project(self, name: str) -> Path:
+        """The work directory of a project made by `scopeloop init`, or a clear error."""
+        root = self.project_dir(name)
+        if not (root / "project.json").is_file():
+            known = sorted(p.parent.name for p in self.home.glob("projects/*/project.json"))
+            raise FileNotFoundError(f"no project '{name}' in {self.home} (known: {', '.join(known) or 'none'}); "
+                                    f"create it with `scopeloop init`, or set SCOPELOOP_HOME")
+        return root
+
 
 SETTINGS_FILE = "settings.env"
 

@@ -473,7 +473,9 @@ def _workspace(args):
     from scopeloop.settings import load_settings
     from trainer.workspace import Workspace
 
-    root = Path(args.workdir) if args.workdir else load_settings().project_dir(args.project)
+    if not args.workdir:
+        return Workspace(load_settings().existing_project(args.project))
+    root = Path(args.workdir)
     if not (root / "project.json").is_file():
         raise ExportError(f"no scopeloop project in '{root}': run `scopeloop init` first or pass --workdir")
     return Workspace(root)
