@@ -329,7 +329,7 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, ImageReadError, WeightsUnavailableError, RegistryError, FileNotFoundError, ValueError,
-            _service_errors()) as exc:
+            *_service_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
