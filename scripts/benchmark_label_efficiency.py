@@ -4,11 +4,15 @@
 Simulates the labeling loop on any ImageFolder data set, its folder labels playing the
 annotator: embed every image once with the backbone (cached in <out>/embeddings.npz), hold
 out a stratified test split, then per seed and strategy: pick a batch of B images
-(`sampler.select`), reveal their labels, refit the one fixed recipe (`trainer.head.fit_head`,
-a linear head on the frozen embeddings), score macro-F1 / accuracy on the test split, repeat.
+(`sampler.select`), reveal their labels, refit the one fixed recipe (`--recipe head`: a linear
+head on the frozen embeddings; `--recipe refresh`: what a quick refresh runs, with its validation
+split and early stopping), score macro-F1 / accuracy on the test split, repeat.
 
 Outputs in --out: learning_curves.png, results.json (every point, means, headline numbers:
-labels to first reach 95% / 98% of the full-label macro-F1 and the ratio to random).
+labels to first reach 95% / 98% of the full-label macro-F1 and the ratio to random; per round,
+each strategy minus random on the same seed with a 95% interval, and the rounds where the
+whole interval is below 0). On a few hundred images one test image changing class moves
+macro-F1 by ~0.05: use `--seeds 20` before reading anything into a late-round difference.
 
     python scripts/benchmark_label_efficiency.py --data /work/shared/data/bccd_wbc
     python scripts/benchmark_label_efficiency.py --make-synthetic /tmp/synth_cells   # 16-bit 4-channel TIFFs
@@ -35,12 +39,26 @@ import numpy as np  # noqa: E402
 # ----------------------------------------------------------------------------- data set
 
 
+def gaussian_filter(img, sigma):
+    """Separable Gaussian blur, edges mirrored (what scipy.ndimage.gaussian_filter does by
+    default, truncate 4 sigma), in numpy: scipy is not a dependency of scopeloop."""
+    r = int(4.0 * sigma + 0.5)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    out = np.asarray(img, np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="symmetric")
+        out = sum(k[i] * np.take(p, np.arange(i, i + out.shape[axis]), axis=axis) for i in range(2 * r + 1))
+    return out.astype(np.float32)
+
+
 def make_synthetic(root, seed=0, size=96):
     """Microscopy-like 16-bit, 4-channel TIFFs (H, W, 4): ch0 nucleus, ch1 cytoplasm,
     ch2 granules, ch3 unrelated background stain. Class = morphology; one class has only 2
     images on purpose (exercises the <3-images path)."""
     import tifffile
-    from scipy.ndimage import gaussian_filter
 
     counts = {"round": 120, "lobed": 90, "kidney": 45, "small": 30, "granular": 15, "binuclear": 2}
     rng = np.random.default_rng(seed)
@@ -158,9 +176,30 @@ def stratified_split(y, test_frac, seed, notes):
 # ----------------------------------------------------------------------------- simulation
 
 
-def run_curve(x, y, n_classes, strategy, seed, batch, max_labels, eval_classes, xt, yt, class_names):
+RECIPES = {
+    "head": "trainer.head.fit_head on every labeled image (linear head on frozen embeddings, "
+            "class_weight=balanced, fit to convergence)",
+    "refresh": "what a quick refresh runs: validation images chosen by key hash "
+               "(scopeloop.refresh.fixed_split), trainer.head.fit_head on the rest with early stopping",
+}
+
+
+def recipe_fit(name, n_classes, keys, seed):
+    """fit(rows, X, y) -> head for the named recipe; the same for every strategy."""
     from trainer.head import fit_head
 
+    if name == "head":
+        return lambda rows, X, y: fit_head(X, y, n_classes, seed=seed)
+    from scopeloop.refresh import fixed_split
+
+    def fit(rows, X, y):
+        tr, va = fixed_split([keys[r] for r in rows], y.tolist())
+        return fit_head(X[tr], y[tr], n_classes, seed=seed, X_val=X[va] if va else None,
+                        y_val=y[va] if va else None)
+    return fit
+
+
+def run_curve(x, y, fit, strategy, seed, batch, max_labels, eval_classes, xt, yt, class_names):
     mask = np.zeros(len(x), bool)
     probs, points = None, []
     rnd = 0
@@ -170,7 +209,7 @@ def run_curve(x, y, n_classes, strategy, seed, batch, max_labels, eval_classes, 
         rows = [p.row for p in picks]
         assert len(rows) and not mask[rows].any() and len(set(rows)) == len(rows)
         mask[rows] = True
-        head = fit_head(x[mask], y[mask], n_classes, seed=seed)
+        head = fit(np.flatnonzero(mask), x[mask], y[mask])
         pred = head.predict_proba(xt).argmax(1)
         points.append({"labels": int(mask.sum()), "macro_f1": macro_f1(yt, pred, eval_classes),
                        "accuracy": float(np.mean(pred == yt)),
@@ -178,6 +217,28 @@ def run_curve(x, y, n_classes, strategy, seed, batch, max_labels, eval_classes, 
         probs = head.predict_proba(x)
         rnd += 1
     return points
+
+
+def t975(df):
+    """97.5% quantile of Student's t (two-sided 95% interval); no scipy needed."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+             10: 2.228, 12: 2.179, 15: 2.131, 19: 2.093, 20: 2.086, 24: 2.064, 30: 2.042, 40: 2.021, 60: 2.0}
+    return table[max(k for k in table if k <= df)] if df < 120 else 1.96
+
+
+def paired_difference(curves, random_curves):
+    """Per round: macro-F1 of the strategy minus random's on the SAME seed (same test split),
+    mean and 95% confidence half-width over seeds (t distribution). A round is "significantly
+    worse" only when the whole interval lies below 0: with a few hundred images a single test
+    image flipping class moves macro-F1 by ~0.05, so means of 5 seeds differ by noise alone."""
+    n = min(min(len(c) for c in curves), min(len(c) for c in random_curves))
+    k = min(len(curves), len(random_curves))
+    d = np.array([[curves[j][i]["macro_f1"] - random_curves[j][i]["macro_f1"] for i in range(n)] for j in range(k)])
+    mean = d.mean(0)
+    half = (t975(k - 1) * d.std(0, ddof=1) / np.sqrt(k)) if k > 1 else np.full(n, np.nan)
+    labels = [curves[0][i]["labels"] for i in range(n)]
+    return {"diff_mean": mean.round(4).tolist(), "diff_ci95": np.asarray(half).round(4).tolist(),
+            "rounds_significantly_worse_than_random": [labels[i] for i in range(1, n) if mean[i] + half[i] < 0]}
 
 
 def first_reach(labels, values, level):
@@ -193,12 +254,15 @@ def main():
     ap.add_argument("--out", default=None, help="output folder (default test-artifacts/label_efficiency/<data name>)")
     ap.add_argument("--make-synthetic", metavar="DIR", help="write the synthetic 16-bit TIFF set to DIR and exit")
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=224, help="embedding size (default: the product's 224 px)")
     ap.add_argument("--channels", default=None, help="e.g. 0,1,2: image channels fed to the backbone")
     ap.add_argument("--batch", type=int, default=10, help="labels per round (B)")
     ap.add_argument("--max-labels", type=int, default=None, help="stop at this many labels (default: whole pool)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--test-frac", type=float, default=0.3)
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="head",
+                    help="retraining recipe, the same for every strategy: " +
+                         "; ".join(f"{k} = {v}" for k, v in RECIPES.items()))
     ap.add_argument("--strategies", default=",".join(sampler.STRATEGIES))
     args = ap.parse_args()
     if args.make_synthetic:
@@ -218,8 +282,6 @@ def main():
     strategies = args.strategies.split(",")
     if "random" not in strategies:
         strategies.insert(0, "random")
-    from trainer.head import fit_head
-
     notes_small: set[int] = set()
     results = {s: [] for s in strategies}
     full = []
@@ -229,12 +291,13 @@ def main():
         x, yp, xt, yt = emb[~test], y[~test], emb[test], y[test]
         eval_classes = sorted(set(yt.tolist()))
         max_labels = min(args.max_labels or len(x), len(x))
-        head = fit_head(x, yp, n_classes, seed=seed)
+        fit = recipe_fit(args.recipe, n_classes, [k for k, t in zip(keys, test) if not t], seed)
+        head = fit(np.arange(len(x)), x, yp)
         pred = head.predict_proba(xt).argmax(1)
         full.append({"macro_f1": macro_f1(yt, pred, eval_classes), "accuracy": float(np.mean(pred == yt)),
                      "pool": int(len(x)), "test": int(len(xt))})
         for s in strategies:
-            results[s].append(run_curve(x, yp, n_classes, s, seed, args.batch, max_labels, eval_classes,
+            results[s].append(run_curve(x, yp, fit, s, seed, args.batch, max_labels, eval_classes,
                                         xt, yt, classes))
         print(f"seed {seed} done ({time.time() - t0:.0f} s): full-label macro-F1 {full[-1]['macro_f1']:.3f}", flush=True)
 
@@ -259,15 +322,17 @@ def main():
                  if v["f1_mean"][i] < rnd["f1_mean"][i]]
         v["rounds_worse_than_random_after_first"] = worse
         v["mean_f1_gain_over_random"] = round(float(np.mean(np.array(v["f1_mean"][:m]) - np.array(rnd["f1_mean"][:m]))), 4)
+        v.update(paired_difference(results[s], results["random"]))
     headline = {s: {k: summary[s][k] for k in ("labels_to_95", "labels_to_98", "ratio_to_random_95",
                                                  "ratio_to_random_98", "mean_f1_gain_over_random")}
-                | {"n_rounds_worse_than_random_after_first": len(summary[s]["rounds_worse_than_random_after_first"])}
+                | {"n_rounds_worse_than_random_after_first": len(summary[s]["rounds_worse_than_random_after_first"]),
+                   "rounds_significantly_worse_than_random": summary[s]["rounds_significantly_worse_than_random"]}
                 for s in strategies}
     report = {
         "data": str(data), "classes": classes, "class_counts": counts, "n_images": int(len(y)),
         "skipped_images": skipped, "backbone": args.backbone, "image_size": args.image_size,
         "channels": channels, "batch": args.batch, "seeds": args.seeds, "test_frac": args.test_frac,
-        "recipe": "trainer.head.fit_head (linear head on frozen embeddings, class_weight=balanced)",
+        "recipe": f"{args.recipe}: {RECIPES[args.recipe]}",
         "full_label": {"macro_f1_mean": full_f1, "per_seed": full},
         "notes": [f"class {classes[c]!r} has {counts[classes[c]]} image(s) (< 3): kept in the labeling pool only, "
                   f"not in the test split; macro-F1 averages over the classes present in the test split"
@@ -288,7 +353,21 @@ def plot(summary, full_f1, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5))
+    ax = axes[2]
+    for s, v in summary.items():
+        if s == "random":
+            continue
+        x = v["labels"][:len(v["diff_mean"])]
+        m, h = np.array(v["diff_mean"]), np.array(v["diff_ci95"])
+        ax.plot(x, m, label=s, lw=2.5 if s == "hybrid" else 1.2)
+        ax.fill_between(x, m - h, m + h, alpha=0.12)
+    ax.axhline(0, color="k", lw=1)
+    ax.set_xlabel("number of labels")
+    ax.set_ylabel("macro-F1 minus random's (same seed)")
+    ax.set_title("gain over random, 95% interval over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     for ax, key, name in ((axes[0], "f1", "macro-F1"), (axes[1], "acc", "accuracy")):
         for s, v in summary.items():
             m, sd = np.array(v[f"{key}_mean"]), np.array(v[f"{key}_std"])
