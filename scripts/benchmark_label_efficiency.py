@@ -354,14 +354,15 @@ def plot(summary, full_f1, path, title):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(19, 5))
+    color = {s: f"C{i % 10}" for i, s in enumerate(summary)}  # one colour per strategy in every panel
     ax = axes[2]
     for s, v in summary.items():
         if s == "random":
             continue
         x = v["labels"][:len(v["diff_mean"])]
         m, h = np.array(v["diff_mean"]), np.array(v["diff_ci95"])
-        ax.plot(x, m, label=s, lw=2.5 if s == "hybrid" else 1.2)
-        ax.fill_between(x, m - h, m + h, alpha=0.12)
+        ax.plot(x, m, label=s, lw=2.5 if s == "hybrid" else 1.2, color=color[s])
+        ax.fill_between(x, m - h, m + h, alpha=0.12, color=color[s])
     ax.axhline(0, color="k", lw=1)
     ax.set_xlabel("number of labels")
     ax.set_ylabel("macro-F1 minus random's (same seed)")
@@ -372,8 +373,8 @@ def plot(summary, full_f1, path, title):
         for s, v in summary.items():
             m, sd = np.array(v[f"{key}_mean"]), np.array(v[f"{key}_std"])
             lw = 2.5 if s in ("hybrid", "random") else 1.2
-            ax.plot(v["labels"], m, label=s, lw=lw)
-            ax.fill_between(v["labels"], m - sd, m + sd, alpha=0.12)
+            ax.plot(v["labels"], m, label=s, lw=lw, color=color[s])
+            ax.fill_between(v["labels"], m - sd, m + sd, alpha=0.12, color=color[s])
         if key == "f1":
             ax.axhline(full_f1, color="k", ls="--", lw=1, label="all labels")
             ax.axhline(0.95 * full_f1, color="gray", ls=":", lw=1, label="95% of all labels")
