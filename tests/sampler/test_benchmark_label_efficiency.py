@@ -34,9 +34,12 @@ def test_benchmark_runs_end_to_end_tiny(tmp_path):
     assert "rounds_significantly_worse_than_random" in report["headline"]["hybrid"]
     assert [p["labels"] for p in report["curves"]["hybrid"][0]] == [4, 8]
     assert report["class_counts"]["Basophil"] == 3
-    # rerun uses the embedding cache
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "embedded" not in res.stdout
+    # rerun uses the embedding cache; the quick refresh's own recipe runs on the same curves
+    res = subprocess.run(cmd + ["--recipe", "refresh"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "embedded" not in res.stdout, res.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert report["recipe"].startswith("refresh")
+    assert [p["labels"] for p in report["curves"]["hybrid"][1]] == [4, 8]
 
 
 def _bench_module():
