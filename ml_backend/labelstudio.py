@@ -1,7 +1,6 @@
 """Thin client around label-studio-sdk 2.1.2 for what scopeloop needs from Label Studio.
 
-Facts this module is built on (measured on LS 1.23.2, see docs/benchmarks.md and
-/work/shared/ENVIRONMENT.md):
+Facts this module is built on (measured on LS 1.23.2, see docs/benchmarks.md):
 
 * Ordering in Community Edition: with ``sampling="Uncertainty sampling"`` LS serves unlabeled
   tasks in ASCENDING prediction ``score``, counting only predictions whose ``model_version``

@@ -1,7 +1,7 @@
 """Start and stop a local Label Studio (pip package) as a subprocess.
 
 Used by the demo and by the session-scoped pytest fixture. Everything is passed through
-environment variables so the start is non-interactive (see /work/shared/ENVIRONMENT.md):
+environment variables so the start is non-interactive (measured on LS 1.23.2):
 
 * Label Studio reads each setting X as ``LABEL_STUDIO_X``, then ``HEARTEX_X``, then bare ``X``;
   a stray ``USERNAME`` / ``PASSWORD`` in the caller's environment would silently become the

@@ -10,8 +10,8 @@
 
 ratio = pipeline / model, the issue's target: >= 0.85 on CPU (loading must not be the bottleneck).
 
-Every phase runs in a fresh child process (long-lived CPU processes drift, see
-/work/shared/ENVIRONMENT.md); each child sets torch.set_flush_denormal(True) and warms the
+Every phase runs in a fresh child process (long-lived CPU processes drift, measured on
+these CPUs); each child sets torch.set_flush_denormal(True) and warms the
 model up with one full batch before timing. Phases are interleaved per repeat, and the ratio is
 taken within each repeat, then the median over repeats is reported (other jobs share the CPU).
 
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_IMAGES = "/work/shared/data/bccd_wbc"
+DEFAULT_IMAGES = str(ROOT / "tests" / "data" / "bccd_wbc")  # the dev set in the repository
 TARGET = 0.85
 
 

@@ -24,15 +24,21 @@ else
   extras="cpu,server,dev"; constraints=(-c .ci/constraints-cpu.txt)
 fi
 
-# Browser tests (tests/test_browser.py) drive the system Chromium via Playwright; without it they skip.
-if [ "${SCOPELOOP_NO_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1 \
-   && ! command -v chromium-browser >/dev/null 2>&1 && ! command -v google-chrome >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && grep -qx 'ID=debian' /etc/os-release 2>/dev/null; then
-    echo "installing chromium for the browser tests (apt)..."
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
-      || echo "note: 'apt-get install chromium' failed; browser tests will be skipped" >&2
+# Browser tests (tests/test_browser.py) drive a system Chromium via Playwright; without one they
+# skip. System packages are installed only when asked: SCOPELOOP_INSTALL_BROWSER=1 (CI sets it).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+   && ! command -v google-chrome >/dev/null 2>&1; then
+  if [ "${SCOPELOOP_INSTALL_BROWSER:-0}" = "1" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing chromium for the browser tests (apt-get, asked by SCOPELOOP_INSTALL_BROWSER=1)..."
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+        || { echo "error: 'apt-get install chromium' failed; install Chromium yourself" >&2; exit 1; }
+    else
+      echo "error: SCOPELOOP_INSTALL_BROWSER=1 needs root and apt-get; install Chromium yourself (Debian: sudo apt-get install -y chromium)" >&2
+      exit 1
+    fi
   else
-    echo "note: no Chromium found; browser tests are skipped (Debian: sudo apt-get install -y chromium)" >&2
+    echo "note: no Chromium found: the browser tests will be skipped (install one, e.g. 'sudo apt-get install -y chromium', or rerun with SCOPELOOP_INSTALL_BROWSER=1 as root)" >&2
   fi
 fi
 

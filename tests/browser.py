@@ -1,6 +1,6 @@
 """Headless Chromium for browser tests: Playwright driving the system Chromium.
 
-Facts this is built on (/work/shared/ENVIRONMENT.md, "Browser tests"):
+Facts this is built on (measured on Debian chromium with Playwright):
 
 * Playwright's own browser download fails on these machines; Playwright driving Debian's
   ``/usr/bin/chromium`` (``apt-get install chromium``) through ``executable_path`` works.

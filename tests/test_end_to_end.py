@@ -1,5 +1,5 @@
 """The whole loop against real services: Label Studio 1.23.2, Redis, the ML backend and worker
-processes, on the BCCD dev images.
+processes, on the BCCD dev images (tests/data).
 
 An annotator labels the task Label Studio serves next; the webhook reaches the backend, which
 queues a refresh; a worker retrains, publishes a model version, pushes new predictions and the
@@ -44,11 +44,9 @@ def wait_for(cond, timeout=120.0, what="condition", every=0.3):
 
 
 @pytest.fixture
-def redis_url():
-    url = "redis://127.0.0.1:6379/12"
-    Redis.from_url(url).flushdb()
-    yield url
-    Redis.from_url(url).flushdb()
+def redis_url(redis_db_url):
+    """Database 12 of the tests' own Redis (tests/conftest.py), clean before and after."""
+    return redis_db_url(12)
 
 
 @pytest.fixture

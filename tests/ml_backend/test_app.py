@@ -1,7 +1,7 @@
 """The ML backend app through Flask's test client, replaying the request bodies Label Studio
-1.23.2 sends (shapes from /work/shared/ENVIRONMENT.md and LS's ml/api_connector.py,
-webhooks/utils.py), with a real Redis (db 15, a queue of its own), real images and a real
-tiny model (fixtures from test_predictor.py)."""
+1.23.2 sends (shapes measured on LS 1.23.2 and read from its ml/api_connector.py,
+webhooks/utils.py), with a real Redis (the tests' own server, db 15, a queue of its own; see
+tests/conftest.py), real images and a real tiny model (fixtures from test_predictor.py)."""
 from __future__ import annotations
 
 import base64
@@ -21,7 +21,6 @@ from tests.ml_backend.test_predictor import (CLASSES, LS_PROJECT_ID, N_CACHED, c
                                              project, task, trained_base)
 from trainer.workspace import Workspace
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 LS_TS = "1732300000"
 
 
@@ -83,21 +82,27 @@ def annotation_event(action="ANNOTATION_CREATED", ann_id=1, task_id=1, key="Neut
 # ------------------------------------------------------------------ fixtures
 
 @pytest.fixture
-def redis_db():
-    r = Redis.from_url(REDIS_URL)
-    try:
-        r.ping()
-    except Exception as e:  # pragma: no cover
-        pytest.fail(f"a real Redis is needed at {REDIS_URL}: {e}")
+def redis_url(redis_db_url) -> str:
+    """Database 15 of the tests' Redis (embedded, or SCOPELOOP_TEST_REDIS_URL), clean per test."""
+    return redis_db_url(15)
+
+
+@pytest.fixture
+def redis_db(redis_url):
+    r = Redis.from_url(redis_url)
+    r.ping()
     return r
 
 
 @pytest.fixture
-def make_app(project, redis_db):
+def make_app(project, redis_db, redis_url):
     """create_app for the test project on Redis db 15 with a queue of its own; cleans up."""
     queues = []
 
-    def make(redis_url=REDIS_URL, **settings_kw):
+    default_url = redis_url
+
+    def make(redis_url=None, **settings_kw):
+        redis_url = redis_url or default_url
         qname = f"test-app-{uuid.uuid4().hex[:8]}"
         queues.append(qname)
         from ml_backend.app import create_app
@@ -121,7 +126,7 @@ def client(make_app):
 
 def queued_jobs(app, root) -> list[str]:
     b = app.extensions["scopeloop"]
-    q = Queue(b.queue_name, connection=Redis.from_url(REDIS_URL))
+    q = Queue(b.queue_name, connection=Redis.from_url(b.redis_url))
     return [j for j in q.get_job_ids() if project_id(str(root)) in j]
 
 
@@ -225,7 +230,7 @@ def test_predict_unknown_project_and_bad_bodies(client, project):
 
 # ------------------------------------------------------------------ webhook
 
-def test_webhook_burst_coalesces_to_one_job(make_app, project):
+def test_webhook_burst_coalesces_to_one_job(make_app, project, redis_db):
     app = make_app()
     c = app.test_client()
     times = []
@@ -240,7 +245,7 @@ def test_webhook_burst_coalesces_to_one_job(make_app, project):
     assert len(jobs) == 1 and jobs[0].startswith("refresh-quick-")
     p95 = statistics.quantiles(times, n=20)[-1]
     assert p95 < 0.2, f"webhook p95 {p95 * 1000:.1f} ms"
-    r = Redis.from_url(REDIS_URL)
+    r = redis_db
     assert int(r.get(f"scopeloop:p:{project_id(str(project['ws'].root))}:gen")) == 201
 
 
