@@ -1,45 +1,92 @@
 """Reading microscopy images into the one shape every model here eats.
 
-Microscopes write PNG/JPEG (brightfield, 8-bit RGB) and TIFF (8/16-bit or float, grayscale or
-N channels, channel-first or channel-last). Everything becomes float32 (H, W, 3) in [0, 1]:
+Microscopes write PNG/JPEG (brightfield, 8-bit RGB), TIFF in its many flavours (ImageJ
+hyperstacks, OME-TIFF, MetaMorph, slide-scanner SVS/NDPI pyramids; 8/12/16-bit or float;
+LZW/Deflate/JPEG/JPEG 2000/zstd/PackBits compressed) and vendor formats (Zeiss CZI, Nikon ND2,
+Leica LIF). Everything becomes float32 (H, W, 3) in [0, 1] by four documented steps:
 
-* intensities: 8-bit images are divided by 255 (their look is already meaningful, as in the
-  ImageNet photos the backbone learned from). 16-bit, 32-bit and float images get a per-image,
-  per-channel robust stretch: the 0.5th percentile maps to 0 and the 99.8th to 1. Fluorescence
-  cameras use a few hundred grey levels of 65,536, so a fixed /65535 would give black images.
-* channels -> the backbone's 3 inputs (the documented mapping):
-  1 channel -> copied to R, G and B;  2 channels -> R = ch0, G = ch1, B = 0;
-  3 channels -> R, G, B;  4 channels from PNG/JPEG (RGBA) -> alpha dropped;
-  N > 3 TIFF channels -> the first three, unless `channels=[i, j, k]` picks others
-  (1, 2 or 3 indices, mapped like 1/2/3-channel images).
-* axis order: a TIFF whose first axis is short (<= 16) and last axis long is channel-first.
+1. **decode** with the field's readers: tifffile + imagecodecs for TIFF and 16-bit PNG, Pillow
+   for 8-bit PNG/JPEG/BMP, the bioio family (optional extra ``pip install 'scopeloop[formats]'``)
+   for CZI/ND2/LIF. Slide-scanner pyramids: the full-resolution level. Multi-series files
+   (scenes, thumbnails, labels): the first series. EXIF/TIFF orientation is applied.
+2. **axes** come from the file's metadata (tifffile's ``series.axes`` for ImageJ, OME, MetaMorph,
+   SVS, NDPI ...; bioio's dims for vendor formats): C (and RGB samples S) are colours, Z and T
+   never are. Only a TIFF without axis metadata falls back to the shape: one leading axis of
+   <= 16 planes smaller than the image is channels (a 3 x 12 x 12 crop is 3 channels), a longer
+   one is a Z-stack, a trailing short axis after a long one is channel-last.
+3. **stack -> plane** (`Preprocessing`, recorded in the model's config): T -> one time point
+   (``timepoint``, default 0, the first); Z -> maximum-intensity projection (``stack="mip"``,
+   default) or one plane (``stack="plane"``, ``plane`` index, default the middle one); any other
+   axis (tiles, views, lambda) -> its first index.
+4. **intensities** (``normalisation``): ``per-image`` (default): 8-bit divided by 255 (its look
+   is already meaningful, as in the ImageNet photos the backbone learned from); 16-bit, 32-bit,
+   signed and float images get a per-image, per-channel robust stretch: the 0.5th percentile
+   maps to 0 and the 99.8th to 1 (exposure drift between plates cancels out).
+   ``per-dataset``: one fixed (lo, hi) per channel for every image, computed once from a sample
+   of the pool (`dataset_ranges`): absolute differences (DNA content, expression level) survive.
+   ``bit-depth``: a fixed division by 2**bits - 1 (``bit_depth``, e.g. 12 for a 12-bit camera
+   writing 16-bit samples; default the sample type's own depth).
+   Then channels -> the backbone's 3 inputs (the documented mapping):
+   1 channel -> copied to R, G and B;  2 channels -> R = ch0, G = ch1, B = 0;
+   3 channels -> R, G, B;  4 channels from PNG/JPEG (RGBA) -> alpha dropped;
+   N > 3 channels -> the first three, unless ``channels=[i, j, k]`` picks others
+   (1, 2 or 3 indices, mapped like 1/2/3-channel images).
 
-A file that cannot be read raises `ImageReadError`, naming the file and the reason; batch
-readers catch it, skip the image and record it in a `SkipReport`.
+A file that cannot be read raises `ImageReadError`, naming the file and the reason (for a
+vendor format without its reader: the exact install command); batch readers catch it, skip
+the image and record it in a `SkipReport`.
+
+File names: any byte sequence the file system allows. A name that is not valid UTF-8 gets a
+key in which every undecodable byte is written ``\\xNN`` (Python's ``backslashreplace``), so keys
+are always valid UTF-8 in CSV/JSON; `path_for_key` maps such a key back to the file.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-TIFF_SUFFIXES = {".tif", ".tiff"}
+TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8", ".svs", ".ndpi"}
+PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+# vendor formats read through the bioio family: suffix -> (format name, bioio plugin)
+BIOIO_FORMATS = {
+    ".czi": ("Zeiss CZI", "bioio-czi"),
+    ".nd2": ("Nikon ND2", "bioio-nd2"),
+    ".lif": ("Leica LIF", "bioio-lif"),
+}
+IMAGE_SUFFIXES = PIL_SUFFIXES | TIFF_SUFFIXES | set(BIOIO_FORMATS)
+FORMATS_EXTRA = "pip install 'scopeloop[formats]'"
 PERCENTILES = (0.5, 99.8)
 MAX_CHANNEL_AXIS = 16
+NORMALISATIONS = ("per-image", "per-dataset", "bit-depth")
+STACK_MODES = ("mip", "plane")
 
 
 class ImageReadError(Exception):
     """An image file that cannot be turned into pixels; the message names file and reason."""
 
     def __init__(self, path, reason: str):
-        self.path = str(path)
+        self.path = display_path(path)
         self.reason = reason
-        super().__init__(f"cannot read image '{path}': {reason}")
+        super().__init__(f"cannot read image '{self.path}': {reason}")
+
+
+def display_path(path) -> str:
+    """`path` as valid UTF-8 text: undecodable bytes of a non-UTF-8 name written as \\xNN."""
+    s = os.fspath(path)
+    if isinstance(s, bytes):
+        return s.decode("utf-8", "backslashreplace")
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -49,7 +96,7 @@ class SkipReport:
     skipped: list[dict] = field(default_factory=list)
 
     def add(self, path, reason: str) -> None:
-        self.skipped.append({"path": str(path), "reason": reason})
+        self.skipped.append({"path": display_path(path), "reason": reason})
 
     def __len__(self) -> int:
         return len(self.skipped)
@@ -67,53 +114,392 @@ class SkipReport:
         Path(path).write_text(json.dumps({"count": len(self.skipped), "skipped": self.skipped}, indent=1))
 
 
+# ---------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a file becomes before the model sees it; saved in the model's config.json
+    (``preprocessing``) so training, inference, previews and export read alike.
+
+    channels: image channels feeding R, G, B (None: the documented mapping).
+    stack: "mip" (maximum-intensity projection over Z, default) or "plane" (one Z plane).
+    plane: the Z index for stack="plane" (None: the middle plane).
+    timepoint: the T index of a time series (default 0, the first).
+    normalisation: "per-image" (default), "per-dataset" or "bit-depth" (see the module doc).
+    ranges: per-dataset only: ((lo, hi), ...) one per image channel, from `dataset_ranges`.
+    bit_depth: bit-depth only: significant bits (e.g. 12); None: the sample type's depth.
+    """
+
+    channels: tuple[int, ...] | None = None
+    stack: str = "mip"
+    plane: int | None = None
+    timepoint: int = 0
+    normalisation: str = "per-image"
+    ranges: tuple[tuple[float, float], ...] | None = None
+    bit_depth: int | None = None
+
+    def __post_init__(self):
+        if self.channels is not None:
+            object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if self.ranges is not None:
+            object.__setattr__(self, "ranges", tuple((float(a), float(b)) for a, b in self.ranges))
+        if self.stack not in STACK_MODES:
+            raise ValueError(f"stack '{self.stack}': use one of {', '.join(STACK_MODES)}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation '{self.normalisation}': use one of {', '.join(NORMALISATIONS)}")
+        if self.normalisation == "per-dataset" and not self.ranges:
+            raise ValueError("normalisation 'per-dataset' needs ranges (trainer.images.dataset_ranges)")
+        if self.bit_depth is not None and not 1 <= int(self.bit_depth) <= 32:
+            raise ValueError(f"bit_depth {self.bit_depth}: give the camera's bits per pixel, e.g. 12")
+        if int(self.timepoint) < 0 or (self.plane is not None and int(self.plane) < 0):
+            raise ValueError("timepoint and plane are indices from 0")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of the reading settings, without `channels` (kept in its own field)."""
+        d = asdict(self)
+        d.pop("channels")
+        if d["ranges"] is not None:
+            d["ranges"] = [list(r) for r in d["ranges"]]
+        return d
+
+    @property
+    def is_default(self) -> bool:
+        return replace(self, channels=None) == Preprocessing()
+
+    def tag(self) -> str:
+        """Short id of the non-default settings (part of the embedding-space id); '' if default."""
+        if self.is_default:
+            return ""
+        parts = []
+        if self.stack != "mip" or self.plane is not None:
+            parts.append(f"z{'mid' if self.plane is None else self.plane}")
+        if self.timepoint:
+            parts.append(f"t{self.timepoint}")
+        if self.normalisation == "per-dataset":
+            import hashlib
+
+            parts.append("nd" + hashlib.sha1(json.dumps(self.ranges).encode()).hexdigest()[:6])
+        elif self.normalisation == "bit-depth":
+            parts.append(f"nb{self.bit_depth or ''}")
+        return "-".join(parts)
+
+    def describe(self) -> str:
+        """One line for `init`'s summary and the report."""
+        z = "maximum-intensity projection over Z" if self.stack == "mip" else (
+            f"Z plane {self.plane}" if self.plane is not None else "the middle Z plane")
+        norm = {"per-image": "per-image percentile stretch (0.5-99.8 %; 8-bit /255)",
+                "per-dataset": f"fixed per-dataset range per channel {[list(r) for r in self.ranges or []]}",
+                "bit-depth": f"fixed /{2 ** self.bit_depth - 1 if self.bit_depth else 'dtype max'} (bit depth)"}
+        ch = f"; channels {list(self.channels)} -> R,G,B" if self.channels else ""
+        return f"{z}; time point {self.timepoint}; {norm[self.normalisation]}{ch}"
+
+
+def as_preprocessing(spec=None) -> Preprocessing:
+    """A `Preprocessing` from None, a list of channel indices (the old `channels` argument),
+    a config dict (``{"channels": .., "stack": .., ...}``) or a `Preprocessing`."""
+    if spec is None:
+        return Preprocessing()
+    if isinstance(spec, Preprocessing):
+        return spec
+    if isinstance(spec, Mapping):
+        known = {k: v for k, v in spec.items() if k in Preprocessing.__dataclass_fields__ and v is not None}
+        return Preprocessing(**known)
+    return Preprocessing(channels=tuple(spec))
+
+
 # ---------------------------------------------------------------- raw decoding
 
-def _read_tiff(path: Path) -> np.ndarray:
-    import tifffile
+@dataclass
+class Decoded:
+    """One decoded file: `data` with the axis letters `axes` (subset of TZCSYX, file order
+    reduced to one series/level), where the axes came from, and the file's format."""
 
-    try:
-        arr = tifffile.imread(path)
-    except Exception as exc:  # tifffile raises many types for broken files
-        raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
-    arr = np.squeeze(np.asarray(arr))
-    if arr.ndim == 3 and arr.shape[0] <= MAX_CHANNEL_AXIS and arr.shape[-1] > MAX_CHANNEL_AXIS:
-        arr = np.moveaxis(arr, 0, -1)  # channel-first -> channel-last
-    if arr.ndim not in (2, 3):
-        raise ImageReadError(
-            path, f"has {arr.ndim} dimensions {arr.shape}; save one 2-D plane (with channels) per file"
-        )
+    data: np.ndarray
+    axes: str
+    fmt: str
+    axes_from: str = "metadata"  # "metadata" | "shape" (last-resort guess)
+    file_axes: str = ""
+    file_shape: tuple = ()
+    notes: list[str] = field(default_factory=list)
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.byteorder not in ("=", "|") and arr.dtype.byteorder != np.dtype(arr.dtype.type).byteorder:
+        return arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 
-def _read_pil(path: Path, draft_size: int | None = None) -> np.ndarray:
+def _tiff_format(tf) -> str:
+    for flag, name in (("is_ome", "OME-TIFF"), ("is_imagej", "ImageJ TIFF"), ("is_svs", "Aperio SVS"),
+                       ("is_ndpi", "Hamamatsu NDPI"), ("is_stk", "MetaMorph TIFF"), ("is_lsm", "Zeiss LSM"),
+                       ("is_fluoview", "FluoView TIFF"), ("is_scn", "Leica SCN"), ("is_qpi", "PerkinElmer QPI"),
+                       ("is_shaped", "TIFF (tifffile shaped)")):
+        if getattr(tf, flag, False):
+            return name
+    return "TIFF"
+
+
+# axis letters the reader knows; tifffile/bioio letters outside these are "other" axes
+_MEANINGFUL = set("TZCSYX")
+
+
+def _read_tiff(path: Path) -> Decoded:
+    import tifffile
+
     try:
+        with tifffile.TiffFile(path) as tf:
+            series = tf.series[0]  # a pyramid's series 0 *is* its full-resolution level
+            fmt = _tiff_format(tf) + (" (BigTIFF)" if tf.is_bigtiff else "")
+            axes, shape = series.axes, tuple(series.shape)
+            data = None
+            if series.dataoffset is not None and not getattr(tf, "is_ndpi", False):
+                try:  # uncompressed, contiguous: memory-map, read only the planes kept
+                    data = tifffile.memmap(path, series=0, mode="r")
+                    if tuple(data.shape) != shape:
+                        data = None
+                except Exception:  # noqa: BLE001 - not mappable: decode instead
+                    data = None
+            if data is None:
+                data = series.asarray()
+            orientation = int(getattr(series.keyframe, "orientation", 1) or 1)
+            is_imagej = bool(tf.is_imagej)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # tifffile raises many types for broken files
+        msg = str(exc)
+        if "imagecodecs" in msg:
+            raise ImageReadError(path, f"TIFF compression needs the 'imagecodecs' package ({msg}); "
+                                       "install it: pip install imagecodecs") from None
+        raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    if len(axes) != data.ndim:
+        axes = "Q" * (data.ndim - len(axes)) + axes[-data.ndim:] if len(axes) < data.ndim else axes[-data.ndim:]
+    dec = Decoded(data, axes, fmt, "metadata", axes, shape)
+    if is_imagej and "I" in axes:  # ImageJ's plain "images=N" stack: ImageJ itself treats it as Z
+        dec.axes = axes.replace("I", "Z")
+    if orientation not in (1, 0):
+        dec.notes.append(f"TIFF orientation {orientation} applied")
+        dec.orientation = orientation  # type: ignore[attr-defined]
+    if set(dec.axes) & {"Q", "I"}:  # axes the metadata does not name (or no metadata)
+        _guess_axes(dec)
+    return dec
+
+
+class _UnnamedAxes(Exception):
+    """Several axes a TIFF does not name: the shape cannot tell which is which."""
+
+
+def _guess_axes(dec: Decoded) -> None:
+    """Last resort for axes a TIFF does not name (tifffile's Q/I): decide from the shape.
+
+    (n, H, W) with n <= 16 and n < min(H, W): n channels (a 3 x 12 x 12 crop is 3 channels);
+    (H, W, n) with n <= 16 < H: channel-last; a longer leading axis: a Z-stack (projected,
+    never colours). Two or more unnamed axes: refused (`_UnnamedAxes`)."""
+    axes, shape = dec.axes, dec.data.shape
+    keep = [i for i, (a, s) in enumerate(zip(axes, shape)) if not (a in "QI" and s == 1)]
+    data = dec.data.reshape([shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    shape = data.shape
+    unknown = [i for i, a in enumerate(axes) if a in "QI"]
+    dec.data = data
+    if not unknown:
+        dec.axes = axes
+        return
+    if len(unknown) > 1:
+        raise _UnnamedAxes
+    i, n = unknown[0], shape[unknown[0]]
+    if axes in ("QYX", "IYX") and shape[2] <= MAX_CHANNEL_AXIS < shape[0]:
+        new = "YXC"  # (H, W, C) written without metadata: tifffile sees H pages of W x C
+    elif n <= MAX_CHANNEL_AXIS and n < min(shape[axes.index("Y")], shape[axes.index("X")]) \
+            and not set(axes) & {"C", "S"}:
+        new = axes[:i] + "C" + axes[i + 1:]
+    else:
+        new = axes[:i] + "Z" + axes[i + 1:]
+    dec.axes, dec.axes_from = new, "shape"
+    dec.notes.append(f"axes {dec.file_axes} not in the file's metadata: read as {new} from the shape")
+
+
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG, None if not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return head[24], head[25]
+
+
+def _exif_orientation(im) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - broken EXIF: leave the image as stored
+        return 1
+
+
+def _read_png16(path: Path, colour_type: int) -> tuple[np.ndarray, int]:
+    """16-bit PNG at full depth (Pillow would give 8-bit RGB); alpha dropped; + orientation."""
+    try:
+        import imagecodecs
+    except ImportError:
+        raise ImageReadError(path, "16-bit PNG needs the 'imagecodecs' package: pip install imagecodecs") from None
+    try:
+        arr = imagecodecs.png_decode(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(path, f"not a readable PNG ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # LA / RGBA: alpha dropped
+        arr = arr[..., :-1]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    try:
+        with Image.open(path) as im:
+            orientation = _exif_orientation(im)
+    except Exception:  # noqa: BLE001
+        orientation = 1
+    return arr, orientation
+
+
+def _read_pil(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, int]:
+    try:
+        png = _png_header(path)
+        if png is not None and png[0] == 16:
+            return _read_png16(path, png[1])
         with Image.open(path) as im:
             if draft_size and im.format == "JPEG":
                 im.draft("RGB", (draft_size, draft_size))  # decode at reduced scale: much faster
             im.load()
+            orientation = _exif_orientation(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(im, dtype=np.uint16 if im.mode.startswith("I;16") else np.int32)
+                return np.asarray(im, dtype=np.uint16 if im.mode.startswith("I;16") else np.int32), orientation
             if im.mode == "F":
-                return np.asarray(im, dtype=np.float32)
+                return np.asarray(im, dtype=np.float32), orientation
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
-            return np.asarray(im)
+            return np.asarray(im), orientation
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"not a readable image ({exc})") from None
 
 
-def read_raw(path, draft_size: int | None = None) -> np.ndarray:
-    """Pixels in the file's own dtype, (H, W) or (H, W, C)."""
+def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF/TIFF orientation (1-8) to (H, W[, C]), as Pillow's ImageOps.exif_transpose."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def _read_bioio(path: Path, fmt: str, plugin: str) -> Decoded:
+    try:
+        from bioio import BioImage
+    except ImportError:
+        raise ImageReadError(path, f"{fmt} files need the optional readers: {FORMATS_EXTRA} "
+                                   f"(bioio + {plugin})") from None
+    try:
+        img = BioImage(path)
+    except Exception as exc:  # noqa: BLE001 - bioio raises per plugin
+        if "UnsupportedFileFormat" in type(exc).__name__ or "plugin" in str(exc).lower():
+            raise ImageReadError(path, f"{fmt} files need their bioio reader: {FORMATS_EXTRA} "
+                                       f"(or pip install {plugin}) [{type(exc).__name__}]") from None
+        raise ImageReadError(path, f"{fmt} file that {plugin} cannot decode ({type(exc).__name__}: {exc}); "
+                                   "export it as OME-TIFF (Fiji: Bio-Formats Exporter) and add that file") from None
+    try:
+        order = img.dims.order  # e.g. "TCZYX" or "TCZYXS"
+        data = np.asarray(img.get_image_dask_data(order).compute()) if hasattr(img, "get_image_dask_data") \
+            else np.asarray(img.data)
+        scenes = len(img.scenes)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(path, f"{fmt} file that {plugin} cannot decode ({type(exc).__name__}: {exc}); "
+                                   "export it as OME-TIFF (Fiji: Bio-Formats Exporter) and add that file") from None
+    dec = Decoded(data, order, fmt, "metadata", order, tuple(data.shape))
+    if scenes > 1:
+        dec.notes.append(f"first of {scenes} scenes")
+    return dec
+
+
+def decode(path) -> Decoded:
+    """The file's pixels with their axes (see `Decoded`); raises ImageReadError."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        arr = _read_tiff(path)
+    suffix = path.suffix.lower()
+    if suffix in BIOIO_FORMATS:
+        return _read_bioio(path, *BIOIO_FORMATS[suffix])
+    if suffix in TIFF_SUFFIXES:
+        try:
+            return _read_tiff(path)
+        except _UnnamedAxes:
+            raise ImageReadError(path, "has several axes its metadata does not name: save one 2-D "
+                                       "plane (with channels) per file, or an ImageJ/OME-TIFF that "
+                                       "names its axes (Z, T, C)") from None
+    arr, orientation = _read_pil(path)
+    dec = Decoded(arr, "YX" if arr.ndim == 2 else "YXC", "PNG" if _png_header(path) else "image", "metadata",
+                  "YX" if arr.ndim == 2 else "YXS", arr.shape)
+    if orientation not in (0, 1):
+        dec.data = orient(arr, orientation)
+        dec.notes.append(f"EXIF orientation {orientation} applied")
+    return dec
+
+
+def to_plane(dec: Decoded, prep: Preprocessing, path="image") -> np.ndarray:
+    """(H, W) or (H, W, C) from a decoded file: T -> one time point, Z -> projection or one
+    plane, other axes -> first index, C and S -> the last axis."""
+    data, axes = dec.data, dec.axes
+    idx: list = []
+    for a, n in zip(axes, data.shape):
+        if a == "T":
+            if prep.timepoint >= n:
+                raise ImageReadError(path, f"has {n} time point(s); the project reads time point {prep.timepoint}")
+            idx.append(prep.timepoint)
+        elif a == "Z" and prep.stack == "plane":
+            k = n // 2 if prep.plane is None else prep.plane
+            if k >= n:
+                raise ImageReadError(path, f"has {n} Z plane(s); the project reads plane {k}")
+            idx.append(k)
+        elif a in "ZCSYX":
+            idx.append(slice(None))
+        else:  # tiles, views, lambda, phase ...: the first
+            if n > 1:
+                dec.notes.append(f"axis {a} ({n}): first index")
+            idx.append(0)
+    arr = np.asarray(data[tuple(idx)])
+    kept = "".join(a for a, i in zip(axes, idx) if isinstance(i, slice))
+    if "Z" in kept:
+        arr = arr.max(axis=kept.index("Z"))
+        kept = kept.replace("Z", "")
+    if "Y" not in kept or "X" not in kept:
+        raise ImageReadError(path, f"has no image plane (axes {dec.file_axes or axes})")
+    order = [kept.index("Y"), kept.index("X")] + [i for i, a in enumerate(kept) if a in "CS"]
+    arr = np.transpose(arr, order)
+    if arr.ndim > 3:
+        arr = arr.reshape(arr.shape[0], arr.shape[1], -1)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    orientation = getattr(dec, "orientation", 1)
+    if orientation not in (0, 1):
+        arr = orient(arr, orientation)
+    return _native(np.ascontiguousarray(arr))
+
+
+def read_raw(path, draft_size: int | None = None, prep=None) -> np.ndarray:
+    """Pixels in the file's own dtype, (H, W) or (H, W, C), after the stack choices of `prep`."""
+    path = Path(path)
+    prep = as_preprocessing(prep)
+    if path.suffix.lower() in PIL_SUFFIXES and path.is_file() and path.stat().st_size > 0 \
+            and (_png_header(path) or (0,))[0] != 16:
+        arr, orientation = _read_pil(path, draft_size)  # the fast path of 8-bit photos
+        arr = orient(arr, orientation) if orientation not in (0, 1) else arr
     else:
-        arr = _read_pil(path, draft_size)
+        arr = to_plane(decode(path), prep, path)
     if arr.size == 0 or min(arr.shape[:2]) < 2:
         raise ImageReadError(path, f"image is too small {arr.shape}")
     return arr
@@ -121,8 +507,19 @@ def read_raw(path, draft_size: int | None = None) -> np.ndarray:
 
 # ---------------------------------------------------------------- normalisation
 
-def to_unit_range(arr: np.ndarray) -> np.ndarray:
-    """float32 in [0, 1]; 8-bit divided by 255, everything else stretched per channel."""
+def to_unit_range(arr: np.ndarray, prep=None, path="image") -> np.ndarray:
+    """float32 in [0, 1] by the project's normalisation (see the module doc); per-image by default:
+    8-bit divided by 255, everything else stretched per channel."""
+    prep = as_preprocessing(prep)
+    arr = _native(arr)
+    if prep.normalisation == "per-dataset":
+        return _fixed_range(arr, prep.ranges, path)
+    if prep.normalisation == "bit-depth":
+        if arr.dtype.kind == "f":
+            raise ImageReadError(path, "is a floating-point image: it has no bit depth; use normalisation "
+                                       "'per-image' or 'per-dataset' for this project")
+        bits = prep.bit_depth or arr.dtype.itemsize * 8 - (1 if arr.dtype.kind == "i" else 0)
+        return np.clip(arr.astype(np.float32) * np.float32(1.0 / (2 ** bits - 1)), 0.0, 1.0)
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) * (1.0 / 255.0)
     a = arr.astype(np.float32)
@@ -138,6 +535,66 @@ def to_unit_range(arr: np.ndarray) -> np.ndarray:
     scale = np.where(hi > lo, 1.0 / np.maximum(hi - lo, 1e-12), 0.0).astype(np.float32)
     out = np.clip((a - lo.astype(np.float32)) * scale, 0.0, 1.0)
     return out[..., 0] if arr.ndim == 2 else out
+
+
+def _fixed_range(arr: np.ndarray, ranges, path) -> np.ndarray:
+    a = arr.astype(np.float32)
+    if a.ndim == 2:
+        a = a[..., None]
+    if len(ranges) != a.shape[-1]:
+        raise ImageReadError(path, f"has {a.shape[-1]} channel(s); the project's per-dataset range has "
+                                   f"{len(ranges)}: all images of a per-dataset project need the same channels")
+    lo = np.array([r[0] for r in ranges], np.float32)
+    hi = np.array([r[1] for r in ranges], np.float32)
+    a = np.where(np.isfinite(a), a, lo)
+    scale = np.where(hi > lo, 1.0 / np.maximum(hi - lo, 1e-12), 0.0).astype(np.float32)
+    out = np.clip((a - lo) * scale, 0.0, 1.0)
+    return out[..., 0] if arr.ndim == 2 else out
+
+
+def dataset_ranges(paths: Sequence, prep=None, sample: int = 200, seed: int = 0,
+                   percentiles=PERCENTILES, pixels_per_image: int = 20_000) -> tuple[tuple[float, float], ...]:
+    """One fixed (lo, hi) intensity per channel for `per-dataset` normalisation: the 0.5th and
+    99.8th percentiles of pixels pooled from up to `sample` images of the pool (stack choices
+    of `prep` applied first). Unreadable images are left out; raises ValueError if none reads
+    or the channel counts differ."""
+    prep = replace(as_preprocessing(prep), normalisation="per-image", ranges=None)
+    rng = np.random.default_rng(seed)
+    paths = list(paths)
+    picked = [paths[i] for i in sorted(rng.choice(len(paths), min(sample, len(paths)), replace=False))] if paths else []
+    pools, n_ch = [], None
+    for p in picked:
+        try:
+            arr = _native(read_raw(p, prep=prep))
+        except ImageReadError:
+            continue
+        flat = arr.reshape(-1, 1 if arr.ndim == 2 else arr.shape[-1]).astype(np.float64)
+        if n_ch is None:
+            n_ch = flat.shape[1]
+        elif flat.shape[1] != n_ch:
+            raise ValueError(f"'{display_path(p)}' has {flat.shape[1]} channel(s), other images {n_ch}: "
+                             "per-dataset normalisation needs the same channels in every image")
+        take = rng.choice(len(flat), min(pixels_per_image, len(flat)), replace=False)
+        pools.append(flat[take])
+    if not pools:
+        raise ValueError("no readable image to compute the per-dataset intensity range from")
+    allpx = np.concatenate(pools)
+    allpx = np.where(np.isfinite(allpx), allpx, np.nan)
+    lo, hi = np.nanpercentile(allpx, percentiles, axis=0)
+    return tuple((float(a), float(b)) for a, b in zip(lo, hi))
+
+
+def estimate_bit_depth(paths: Sequence, sample: int = 50, seed: int = 0) -> int:
+    """Smallest camera depth (8, 10, 12, 14, 16 bits) holding the largest value of a sample."""
+    rng = np.random.default_rng(seed)
+    paths = list(paths)
+    top = 0.0
+    for i in sorted(rng.choice(len(paths), min(sample, len(paths)), replace=False)) if paths else []:
+        try:
+            top = max(top, float(np.nanmax(read_raw(paths[i]))))
+        except (ImageReadError, ValueError):
+            continue
+    return next((b for b in (8, 10, 12, 14, 16) if top <= 2 ** b - 1), 32)
 
 
 def _percentiles_uint16(arr: np.ndarray, q) -> np.ndarray:
@@ -182,24 +639,30 @@ def to_three_channels(arr: np.ndarray, channels: Sequence[int] | None = None, pa
     return arr
 
 
-def read_image(path, channels: Sequence[int] | None = None) -> np.ndarray:
-    """float32 (H, W, 3) in [0, 1]; raises ImageReadError naming the file."""
-    raw = read_raw(path)
-    return to_three_channels(to_unit_range(raw), channels, path)
+def read_image(path, channels=None) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 1]; `channels`: channel indices or a `Preprocessing` (or its dict).
+    Raises ImageReadError naming the file."""
+    prep = as_preprocessing(channels)
+    raw = read_raw(path, prep=prep)
+    return to_three_channels(to_unit_range(raw, prep, path), prep.channels, path)
 
 
-def load_for_model(path, size: int, channels: Sequence[int] | None = None) -> np.ndarray:
+def load_for_model(path, size: int, channels=None) -> np.ndarray:
     """float32 (size, size, 3) in [0, 1], the fast path for training and inference.
 
-    8-bit RGB/grey images are resized in uint8 by Pillow before conversion (the expensive part
-    of decoding is then done on few pixels); other images are stretched first, then resized.
-    Non-square images are padded (edge reflection) to a square so cells keep their shape.
+    `channels`: channel indices or a `Preprocessing` (or its dict), see the module doc.
+    8-bit RGB/grey images under per-image normalisation are resized in uint8 by Pillow before
+    conversion (the expensive part of decoding is then done on few pixels); other images are
+    normalised first, then resized. Non-square images are padded (edge reflection) to a square
+    so cells keep their shape.
     """
-    raw = read_raw(path, draft_size=size)
-    if raw.dtype == np.uint8 and (raw.ndim == 2 or raw.shape[-1] in (1, 3)) and channels is None:
+    prep = as_preprocessing(channels)
+    raw = read_raw(path, draft_size=size, prep=prep)
+    if raw.dtype == np.uint8 and (raw.ndim == 2 or raw.shape[-1] in (1, 3)) and prep.channels is None \
+            and prep.normalisation != "per-dataset":
         img = _resize_uint8(_pad_square(raw), size)
         return to_three_channels(img.astype(np.float32) * (1.0 / 255.0), None, path)
-    unit = to_three_channels(to_unit_range(raw), channels, path)
+    unit = to_three_channels(to_unit_range(raw, prep, path), prep.channels, path)
     return _resize_float(_pad_square(unit), size)
 
 
@@ -215,8 +678,8 @@ def _pad_square(arr: np.ndarray) -> np.ndarray:
 
 def _resize_uint8(arr: np.ndarray, size: int) -> np.ndarray:
     if arr.shape[0] == size:
-        return arr
-    im = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+        return np.ascontiguousarray(arr)
+    im = Image.fromarray(np.ascontiguousarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr))
     return np.asarray(im.resize((size, size), Image.BILINEAR, reducing_gap=2.0))
 
 
@@ -230,8 +693,9 @@ def _resize_float(arr: np.ndarray, size: int) -> np.ndarray:
     return np.stack(chans, axis=-1).astype(np.float32)
 
 
-def save_preview(src, dst_png, max_side: int = 512, channels: Sequence[int] | None = None) -> Path:
-    """Contrast-stretched 8-bit PNG for the browser (TIFF and 16-bit cannot be shown as is)."""
+def save_preview(src, dst_png, max_side: int = 512, channels=None) -> Path:
+    """Contrast-stretched 8-bit PNG for the browser (TIFF and 16-bit cannot be shown as is),
+    read exactly as the model reads it (`channels`: indices or the model's `Preprocessing`)."""
     img = read_image(src, channels)
     im = Image.fromarray((img * 255.0 + 0.5).astype(np.uint8))
     im.thumbnail((max_side, max_side), Image.BILINEAR)
@@ -241,6 +705,17 @@ def save_preview(src, dst_png, max_side: int = 512, channels: Sequence[int] | No
     im.save(tmp, format="PNG")
     tmp.replace(dst)
     return dst
+
+
+def describe(path, prep=None) -> dict:
+    """What the reader made of a file: format, the file's axes/shape/dtype, where the axes came
+    from, and the (H, W[, C]) plane the model gets. Raises ImageReadError."""
+    prep = as_preprocessing(prep)
+    dec = decode(path)
+    plane = to_plane(dec, prep, path)
+    return {"format": dec.fmt, "axes": dec.axes, "file_axes": dec.file_axes, "shape": tuple(dec.data.shape),
+            "dtype": str(_native(dec.data[:0]).dtype) if dec.data.ndim else str(dec.data.dtype),
+            "axes_from": dec.axes_from, "plane": tuple(plane.shape), "notes": list(dec.notes)}
 
 
 # ---------------------------------------------------------------- folders
@@ -261,10 +736,22 @@ def list_images(folder, recursive: bool = True) -> list[Path]:
 def image_key(path, root) -> str:
     """The image's identity everywhere in scopeloop: its path relative to the image root.
 
-    Symbolic links are not resolved: labs often link images in from other folders."""
-    import os
+    Symbolic links are not resolved: labs often link images in from other folders. Always valid
+    UTF-8: bytes of a non-UTF-8 name are written \\xNN (`display_path`); `path_for_key` inverts."""
+    return display_path(Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix())
 
-    return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
+
+_ESCAPED = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+def path_for_key(root, key: str) -> Path:
+    """The file an image key names under `root` (inverse of `image_key`, non-UTF-8 names too)."""
+    p = Path(root) / key
+    if p.exists() or "\\x" not in key:
+        return p
+    raw = _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)) if int(m.group(1), 16) >= 0x80
+                       else m.group(0), key)
+    return Path(root) / raw  # lone surrogates = the original bytes (os.fsencode surrogateescape)
 
 
 def scan_imagefolder(root) -> tuple[list[tuple[Path, str]], list[str]]:
