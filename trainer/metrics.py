@@ -109,9 +109,13 @@ def write_qc(folder, metrics: dict, history: list[dict], best_epoch: int | None)
 def qc_summary(metrics: dict) -> str:
     """A few lines a biologist reads: overall scores, then the weakest classes first."""
     val = metrics.get("validation") or {}
+    dropped = metrics.get("dropped_classes") or {}
+    warn = ("WARNING: class(es) dropped from this model, no readable image: "
+            + ", ".join(f"{c} ({d.get('listed', 0)} listed, 0 readable)" for c, d in dropped.items())) if dropped else ""
     if not val.get("n"):
-        return "no validation images (too few labels per class): metrics not available yet"
-    lines = [
+        return "\n".join(filter(None, [warn, "no validation images (too few labels per class): metrics not available yet"]))
+    lines = [warn] if warn else []
+    lines += [
         f"validation images: {val['n']}",
         f"accuracy {val['accuracy']:.3f} | balanced accuracy {val['balanced_accuracy']:.3f} | macro-F1 {val['macro_f1']:.3f}",
         "per class (weakest first):",

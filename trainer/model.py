@@ -29,11 +29,23 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     weights_source: str = ""
+    # how files become planes and intensities (trainer.images.Preprocessing.to_dict(): stack,
+    # plane, timepoint, normalisation, ranges, bit_depth); None = the defaults (MIP, per-image)
+    preprocessing: dict | None = None
+
+    @property
+    def reader(self):
+        """The `trainer.images.Preprocessing` (channels + preprocessing) every read of this model uses."""
+        from trainer.images import as_preprocessing
+
+        return as_preprocessing(dict(self.preprocessing or {}, channels=self.channels))
 
     @property
     def backbone_id(self) -> str:
         """Names the embedding space: embeddings from different ids are not comparable."""
-        return f"{self.backbone}-{self.image_size}px" + (f"-ch{'_'.join(map(str, self.channels))}" if self.channels else "")
+        tag = self.reader.tag() if self.preprocessing else ""
+        return (f"{self.backbone}-{self.image_size}px" + (f"-ch{'_'.join(map(str, self.channels))}" if self.channels else "")
+                + (f"-{tag}" if tag else ""))
 
 
 class Classifier(nn.Module):

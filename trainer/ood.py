@@ -121,7 +121,7 @@ def reference_for_model(model, paths: Sequence, labels: Sequence | None = None, 
     rows = sample_rows(labels, len(paths), max_refs, seed)
     cfg = model.config
     res = run_model(model.net.backbone, [paths[r] for r in rows], cfg.image_size, cfg.mean, cfg.std,
-                    cfg.channels, batch_size, desc="OOD reference")
+                    cfg.reader, batch_size, desc="OOD reference")
     lab = None if labels is None else np.asarray(labels)[rows][res.rows]
     return build_reference(res.embeddings, lab, max_refs, seed=seed)
 

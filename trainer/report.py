@@ -172,7 +172,13 @@ def _fill_folds(X, y, n_classes, folds, fold, logp, seed, fit_head) -> None:
 def backbone_id(cfg: dict) -> str:
     """`ModelConfig.backbone_id` from a config.json dict, without importing timm (seconds)."""
     ch = cfg.get("channels")
-    return f"{cfg['backbone']}-{cfg['image_size']}px" + (f"-ch{'_'.join(map(str, ch))}" if ch else "")
+    tag = ""
+    if cfg.get("preprocessing"):
+        from trainer.images import as_preprocessing
+
+        tag = as_preprocessing(dict(cfg["preprocessing"], channels=ch)).tag()
+    return (f"{cfg['backbone']}-{cfg['image_size']}px" + (f"-ch{'_'.join(map(str, ch))}" if ch else "")
+            + (f"-{tag}" if tag else ""))
 
 
 def contradicted(logp: np.ndarray, y: np.ndarray) -> np.ndarray:

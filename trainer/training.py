@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import platform
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +36,8 @@ from trainer.metrics import classification_metrics, write_qc
 from trainer.model import ModelConfig, ScopeModel
 from trainer.registry import ModelRegistry
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainConfig:
@@ -42,6 +46,9 @@ class TrainConfig:
     mode: str = "head"  # "head" | "full"
     image_size: int = 224
     channels: list[int] | None = None
+    # how stacks and intensities are read (trainer.images.Preprocessing without `channels`):
+    # {"stack": "mip"|"plane", "plane", "timepoint", "normalisation", "ranges", "bit_depth"}
+    preprocessing: dict | None = None
     epochs: int = 15
     batch_size: int = 32
     lr_head: float = 1e-3
@@ -66,6 +73,19 @@ class TrainResult:
     ood: object = None  # trainer.ood.OODReference: what "unlike the training images" means
 
 
+def _counts_text(classes, counts: dict) -> str:
+    return ", ".join(f"{c} {counts.get(c, 0)}" for c in classes)
+
+
+def _prep_dict(config: TrainConfig) -> dict | None:
+    """The preprocessing settings of `config`, validated, as saved in the model config."""
+    if not config.preprocessing:
+        return None
+    from trainer.images import as_preprocessing
+
+    return as_preprocessing(dict(config.preprocessing, channels=config.channels)).to_dict()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -82,17 +102,43 @@ def train(paths: Sequence, labels: Sequence[str], classes: Sequence[str], config
     unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise ValueError(f"labels {unknown} are not in the class list {classes}")
+    listed = {c: int(sum(1 for lbl in labels if lbl == c)) for c in classes}
+    if sum(1 for n in listed.values() if n) < 2:
+        raise ValueError("training needs labeled images of at least 2 classes; images per class: "
+                         + _counts_text(classes, listed))
     y_all = np.array([classes.index(lbl) for lbl in labels], dtype=np.int64)
-    if len(set(y_all.tolist())) < 2:
-        raise ValueError("training needs labeled images of at least 2 classes")
     train_rows, val_rows = split or stratified_split(y_all.tolist(), config.val_fraction, config.seed, groups)
     device = torch.device(config.device) if config.device else default_device()
-    model = ScopeModel.new(ModelConfig(classes, config.backbone, config.weights, config.image_size, config.channels))
+    model = ScopeModel.new(ModelConfig(classes, config.backbone, config.weights, config.image_size, config.channels,
+                                       preprocessing=_prep_dict(config)))
     cfg = model.config
+    reader = cfg.reader
 
     # 1. embed every image once with the pretrained backbone; fit the linear head
-    res = run_model(model.net.backbone, paths, cfg.image_size, cfg.mean, cfg.std, cfg.channels,
+    res = run_model(model.net.backbone, paths, cfg.image_size, cfg.mean, cfg.std, reader,
                     device=device, progress=progress, desc="embedding")
+    # 2. classes are checked on what was READ: a class none of whose images decoded is dropped
+    #    (the model never claims a score for it); fewer than two readable classes: refused
+    readable = {c: 0 for c in classes}
+    for r in res.rows.tolist():
+        readable[labels[r]] += 1
+    kept = [c for c in classes if readable[c]]
+    dropped = {c: {"listed": listed[c], "readable": 0} for c in classes if not readable[c]}
+    if len(kept) < 2:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in res.skipped.skipped[:5])
+        raise ValueError("training needs readable images of at least 2 classes; readable of listed images "
+                         "per class: " + ", ".join(f"{c} {readable[c]} of {listed[c]}" for c in classes)
+                         + (f". Unreadable, e.g. {reasons}" if reasons else ""))
+    if dropped:
+        msg = ("class(es) DROPPED from this model, no readable image: "
+               + ", ".join(f"{c} ({d['listed']} listed, 0 readable)" for c, d in dropped.items())
+               + "; the model cannot predict them. Fix or add their images and train again.")
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=2)
+        remap = np.array([kept.index(c) if c in kept else -1 for c in classes], dtype=np.int64)
+        y_all = remap[y_all]
+        classes = kept
+        cfg.classes = kept
     ok = set(res.rows.tolist())
     pos = {r: i for i, r in enumerate(res.rows.tolist())}
     tr = [r for r in train_rows if r in ok]
@@ -104,7 +150,7 @@ def train(paths: Sequence, labels: Sequence[str], classes: Sequence[str], config
     if config.mode == "full":
         history, best_epoch = _finetune(model, paths, y_all, tr, va, config, device, res.skipped, progress)
         model.backbone_finetuned = True
-        val_res = run_model(model.net, [paths[r] for r in va], cfg.image_size, cfg.mean, cfg.std, cfg.channels, device=device)
+        val_res = run_model(model.net, [paths[r] for r in va], cfg.image_size, cfg.mean, cfg.std, reader, device=device)
         val_pred = val_res.probs.argmax(1) if len(va) else np.zeros(0, int)
         val_true = y_all[[va[i] for i in val_res.rows]] if len(va) else np.zeros(0, int)
     elif config.mode == "head":
@@ -119,7 +165,10 @@ def train(paths: Sequence, labels: Sequence[str], classes: Sequence[str], config
             "validation": {c: int((y_all[va] == i).sum()) for i, c in enumerate(classes)},
             "skipped_images": len(res.skipped),
         },
+        "preprocessing": reader.describe(),
     }
+    if dropped:
+        metrics["dropped_classes"] = dropped
     from trainer.ood import reference_for_model
 
     ood = reference_for_model(model, [paths[r] for r in tr], y_all[tr], embeddings=res.embeddings[[pos[r] for r in tr]])
@@ -134,7 +183,7 @@ def _finetune(model: ScopeModel, paths, y_all, tr, va, config: TrainConfig, devi
     cfg = model.config
     net = model.net.to(device).to(memory_format=torch.channels_last)
     n_classes = len(cfg.classes)
-    ds = ImageDataset([paths[r] for r in tr], y_all[tr].tolist(), cfg.image_size, cfg.mean, cfg.std, cfg.channels,
+    ds = ImageDataset([paths[r] for r in tr], y_all[tr].tolist(), cfg.image_size, cfg.mean, cfg.std, cfg.reader,
                       train=True, seed=config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     workers = loader_workers()
@@ -175,7 +224,7 @@ def _finetune(model: ScopeModel, paths, y_all, tr, va, config: TrainConfig, devi
         sched.step()
         entry = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": None, "val_macro_f1": None}
         if va:
-            vr = run_model(net, [paths[r] for r in va], cfg.image_size, cfg.mean, cfg.std, cfg.channels, device=device)
+            vr = run_model(net, [paths[r] for r in va], cfg.image_size, cfg.mean, cfg.std, cfg.reader, device=device)
             yt = y_all[[va[i] for i in vr.rows]]
             entry["val_loss"] = float(nn.functional.nll_loss(torch.log(torch.from_numpy(vr.probs).clamp_min(1e-8)), torch.from_numpy(yt)))
             entry["val_macro_f1"] = classification_metrics(yt, vr.probs.argmax(1), cfg.classes)["macro_f1"]

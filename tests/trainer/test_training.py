@@ -71,3 +71,57 @@ def test_single_class_is_refused_clearly(small_bccd):
     keep = [i for i, lbl in enumerate(labels) if lbl == "Monocyte"]
     with pytest.raises(ValueError, match="at least 2 classes"):
         train([paths[i] for i in keep], [labels[i] for i in keep], classes, TrainConfig(image_size=64))
+
+
+def test_empty_class_folder_is_dropped_loudly_not_scored(small_bccd, tmp_path):
+    (small_bccd / "Basophil").mkdir()  # a class folder with no image at all
+    paths, labels, classes = _items(small_bccd)
+    assert "Basophil" in classes
+    with pytest.warns(UserWarning, match="Basophil.*0 readable"):
+        res = train(paths, labels, classes, TrainConfig(image_size=64))
+    assert res.model.classes == ["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
+    assert res.metrics["dropped_classes"] == {"Basophil": {"listed": 0, "readable": 0}}
+    assert "Basophil" not in res.metrics["validation"]["per_class"]
+    from trainer.metrics import qc_summary
+
+    assert "WARNING" in qc_summary(res.metrics) and "Basophil" in qc_summary(res.metrics)
+    reg = ModelRegistry(tmp_path / "registry")
+    loaded = ScopeModel.load(reg.path(save_version(res, TrainConfig(image_size=64), reg)))
+    assert loaded.classes == res.model.classes and loaded.net.head.out_features == 4
+
+
+def test_class_with_only_unreadable_images_is_dropped_and_one_class_refused(small_bccd):
+    for p in (small_bccd / "Eosinophil").iterdir():
+        p.write_bytes(b"not an image")
+    paths, labels, classes = _items(small_bccd)
+    with pytest.warns(UserWarning, match="Eosinophil \\(10 listed, 0 readable\\)"):
+        res = train(paths, labels, classes, TrainConfig(image_size=64))
+    assert "Eosinophil" not in res.model.classes and len(res.model.classes) == 3
+    # only one class left readable: refused, naming every class and its counts
+    keep = [i for i, lbl in enumerate(labels) if lbl in ("Eosinophil", "Monocyte")]
+    with pytest.raises(ValueError, match=r"readable images of at least 2 classes.*Eosinophil 0 of 10.*Monocyte 10 of 10"):
+        train([paths[i] for i in keep], [labels[i] for i in keep], classes, TrainConfig(image_size=64))
+
+
+def test_preprocessing_is_recorded_in_the_model_config(tmp_path):
+    import tifffile
+
+    from tests.trainer.conftest import blob_image
+
+    rng = np.random.default_rng(0)
+    for kind, name in enumerate(["round", "elongated"]):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(6):  # Z-stacks of 3 planes with ImageJ metadata
+            stack = np.stack([blob_image(rng, kind) for _ in range(3)])
+            tifffile.imwrite(tmp_path / "data" / name / f"c{i}.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    paths, labels, classes = _items(tmp_path / "data")
+    cfg = TrainConfig(image_size=64, preprocessing={"stack": "plane", "plane": 1, "normalisation": "bit-depth",
+                                                     "bit_depth": 12})
+    res = train(paths, labels, classes, cfg)
+    reg = ModelRegistry(tmp_path / "registry")
+    folder = reg.path(save_version(res, cfg, reg))
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["preprocessing"]["stack"] == "plane" and saved["preprocessing"]["bit_depth"] == 12
+    model = ScopeModel.load(folder)
+    assert model.config.reader.normalisation == "bit-depth" and model.config.backbone_id.endswith("z1-nb12")
+    assert "Z plane 1" in res.metrics["preprocessing"]
