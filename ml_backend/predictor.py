@@ -30,13 +30,14 @@ saying so: never a label the config does not offer.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
@@ -90,8 +91,9 @@ def check_label_config(xml: str | None, model_classes: Sequence[str] | None
 # ------------------------------------------------------------------ task -> key
 
 def _safe_key(key: str) -> str | None:
-    """A relative posix key that stays inside the image root, else None."""
-    key = key.replace("\\", "/").strip()
+    """A relative posix key that stays inside the image root, else None. Windows separators
+    become "/", except the `\\xNN` escapes of non-UTF-8 bytes (`trainer.images.image_key`)."""
+    key = re.sub(r"\\(?!x[0-9a-fA-F]{2})", "/", key).strip()
     p = PurePosixPath(key)
     if not key or p.is_absolute() or ".." in p.parts:
         return None
@@ -99,11 +101,18 @@ def _safe_key(key: str) -> str | None:
 
 
 def _url_path(url: str) -> str | None:
-    """The file path a task's image URL points to (local-files `?d=` or a bare path)."""
+    """The file path a task's image URL points to (local-files `?d=` or a bare path).
+
+    Percent-decoded exactly once (a name such as `serum 10%FBS A1.png`, sent as
+    `10%25FBS`, stays `10%FBS`); `+` stays `+` (only `%2B`/`+` as written), and an unencoded
+    `#` stays part of the name rather than becoming a URL fragment."""
     parsed = urlparse(url)
     if "local-files" in parsed.path:
-        d = parse_qs(parsed.query).get("d")
-        return unquote(d[0]) if d else None
+        query = url.split("?", 1)[1] if "?" in url else ""
+        for part in query.split("&"):
+            if part.startswith("d="):
+                return unquote(part[2:]) or None
+        return None
     if not parsed.scheme and not parsed.netloc and parsed.path:
         return unquote(parsed.path)
     return None  # http(s)://, s3://, gs://, data: URLs name no local file
@@ -143,8 +152,10 @@ def task_key(task: dict, images_root: Path | None = None, known: set | None = No
             if t in known:
                 return t
     if root is not None:
+        from trainer.images import path_for_key
+
         for t in tails:
-            if (root / t).is_file():
+            if path_for_key(root, t).is_file():
                 return _safe_key(t)
     return None
 
@@ -339,10 +350,12 @@ class Predictor:
             out.errors.append("project has no images folder (project.json images_root): "
                               f"{sum(map(len, todo.values()))} task(s) cannot be predicted")
             return
+        from trainer.images import path_for_key
+
         root = images_root.resolve()
         keys, paths = [], []
         for key in todo:
-            p = (root / key)
+            p = path_for_key(root, key)  # keys of non-UTF-8 names carry \xNN escapes
             if len(keys) >= self.max_compute:
                 out.errors.append(f"image {key}: not predicted, over {self.max_compute} images to "
                                   "compute in one request (the next refresh caches them)")
@@ -364,7 +377,7 @@ class Predictor:
         cfg = model.config
         import torch
         device = torch.device(self.device) if self.device else None
-        res = run_model(model.net, paths, cfg.image_size, cfg.mean, cfg.std, cfg.channels,
+        res = run_model(model.net, paths, cfg.image_size, cfg.mean, cfg.std, cfg.reader,
                         batch_size=self.batch_size, device=device, num_workers=0)
         for s in res.skipped.skipped:
             out.errors.append(f"image {s['path']}: {s['reason']}")

@@ -274,3 +274,29 @@ def test_priority_and_rank_from_cache(project):
     ws.save_predictions("001", keys, probs, CLASSES, rank=np.array([2, -1, 0]))
     out = Predictor(ws).predict([task(i, k) for i, k in enumerate(keys)], lite_config())
     assert out.results[0]["score"] == pytest.approx(2 / 3) and out.results[2]["score"] == 0.0
+
+
+def test_awkward_file_names_are_decoded_once_and_predicted(project):
+    """`%xx` in a name, spaces, `#`, `+`, non-Latin script and a non-UTF-8 name: each task gets
+    a prediction, whether it names its image by `data.key` or only by the local-files URL."""
+    import os
+
+    from ml_backend.labelstudio import local_files_url
+    from ml_backend.predictor import Predictor
+    from trainer.images import image_key
+
+    images = project["images"]
+    src = images / project["keys"][-1]
+    names = ["serum 10%FBS A1.jpg", "x%20y.jpg", "a+b #1?.jpg", "細胞 1.jpg"]
+    for n in names:
+        shutil.copy(src, images / "Neutrophil" / n)
+    raw = os.path.join(os.fsencode(images / "Neutrophil"), b"cell_\xe9.jpg")  # Latin-1 name
+    shutil.copy(src, raw)
+    odd_key = image_key(os.fsdecode(raw), images)
+    assert odd_key == "Neutrophil/cell_\\xe9.jpg"
+    p = Predictor(project["ws"])
+    by_url = [task(i, None, image=local_files_url("images/Neutrophil/" + n)) for i, n in enumerate(names)]
+    by_key = [task(10 + i, "Neutrophil/" + n) for i, n in enumerate(names)] + [task(20, odd_key)]
+    out = p.predict(by_url + by_key, lite_config())
+    assert out.errors == [] and out.counts["empty"] == 0
+    assert all(choice(r) in CLASSES for r in out.results)
