@@ -44,7 +44,12 @@ def augment(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """(tensor normalised for the backbone, label index, row) or (None, label, row, reason)."""
+    """(tensor normalised for the backbone, label index, row) or (None, label, row, reason).
+
+    `channels`: channel indices, or the model's whole reading setting (`ModelConfig.reader`, a
+    `trainer.images.Preprocessing` or its dict: stack, time point, normalisation, channels), so
+    training, inference and previews read every file the same way.
+    """
 
     def __init__(self, paths: Sequence, labels: Sequence[int] | None, size: int, mean, std,
                  channels=None, train: bool = False, seed: int = 0):

@@ -1,5 +1,6 @@
 import random
 
+import numpy as np
 import torch
 
 from trainer.data import augment, class_weights, stratified_split
@@ -33,3 +34,23 @@ def test_augment_keeps_shape_and_range_and_is_seeded():
 def test_class_weights_favour_rare_classes():
     w = class_weights([0] * 90 + [1] * 10, 3)
     assert w[1] > 5 * w[0] and w[2] == 0
+
+
+def test_dataset_reads_with_the_models_preprocessing(tmp_path):
+    import tifffile
+
+    from trainer.data import ImageDataset
+    from trainer.images import Preprocessing
+
+    planes = np.full((3, 32, 32), 200, np.uint16)
+    planes[0, :8, :8] = 4000   # a spot only in plane 0
+    planes[2, -8:, -8:] = 1000  # a dimmer one only in plane 2
+    tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    mean = std = (0.5, 0.5, 0.5)
+    mip = ImageDataset([tmp_path / "z.tif"], None, 32, mean, std)[0][0]
+    assert mip[0, 0, 0] > 0.9 and mip[0, -1, -1] > -0.9  # both spots (projection)
+    one = ImageDataset([tmp_path / "z.tif"], None, 32, mean, std, {"stack": "plane", "plane": 0})[0][0]
+    assert one[0, 0, 0] > 0.9 and one[0, -1, -1] < -0.9  # plane 0 only
+    fixed = Preprocessing(normalisation="per-dataset", ranges=((0.0, 8000.0),))
+    x = ImageDataset([tmp_path / "z.tif"], None, 32, mean, std, fixed)[0][0]
+    assert abs(float(x[0, 0, 0]) - 0.0) < 0.01  # 4000 of 0..8000 -> 0.5 -> normalised 0.0
