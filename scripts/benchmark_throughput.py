@@ -16,7 +16,8 @@ model up with one full batch before timing. Phases are interleaved per repeat, a
 taken within each repeat, then the median over repeats is reported (other jobs share the CPU).
 
 Image sets: the JPEG crops of --images (replicated to --n paths), and the same crops written
-as 16-bit, 3-channel, channel-first TIFFs into a temporary folder (microscopy is TIFF).
+as 16-bit, 3-channel, channel-first TIFFs into a temporary folder (microscopy is TIFF), the
+same LZW-compressed (`lzw`), and 5-plane 16-bit ImageJ Z-stacks (`stack`, projected by MIP).
 
 --variant names code variants of the loading path, applied by monkeypatching inside the child
 processes only (the trainer package is not modified): `baseline` is the code as it is, the
@@ -207,6 +208,40 @@ def write_tiffs(src: list[str], dst: Path) -> list[str]:
     return out
 
 
+def write_lzw(src: list[str], dst: Path) -> list[str]:
+    """The same 16-bit 3-channel crops, LZW-compressed (decoded by imagecodecs)."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, p in enumerate(src):
+        a = np.asarray(Image.open(p).convert("RGB")).astype(np.uint16) * 16 + 100
+        q = dst / f"{i:05d}.tif"
+        tifffile.imwrite(q, np.moveaxis(a, -1, 0), compression="lzw", photometric="minisblack")
+        out.append(str(q))
+    return out
+
+
+def write_stacks(src: list[str], dst: Path, planes: int = 5) -> list[str]:
+    """ImageJ Z-stacks of 5 planes (16-bit grey, the crop defocused differently per plane):
+    read as a maximum-intensity projection, the default for Z."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, p in enumerate(src):
+        g = np.asarray(Image.open(p).convert("L")).astype(np.float32)
+        stack = np.stack([(g * (0.6 + 0.1 * k) * 16 + 100) for k in range(planes)]).astype(np.uint16)
+        q = dst / f"{i:05d}.tif"
+        tifffile.imwrite(q, stack, imagej=True, metadata={"axes": "ZYX"})
+        out.append(str(q))
+    return out
+
+
 def replicate(paths: list[str], n: int) -> list[str]:
     return [paths[i % len(paths)] for i in range(n)]
 
@@ -227,7 +262,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None,
                     help="DataLoader workers for the pipeline (default: trainer.inference.loader_workers())")
     ap.add_argument("--main-threads", type=int, default=None, help="torch threads in the main process (default: torch's)")
-    ap.add_argument("--formats", default="jpeg,tiff", help="comma list from: jpeg, tiff")
+    ap.add_argument("--formats", default="jpeg,tiff,lzw,stack",
+                    help="comma list from: jpeg, tiff, lzw (LZW-compressed TIFF), stack (5-plane ImageJ Z-stack)")
     ap.add_argument("--model", default="tf_efficientnet_lite0")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variant", default="baseline", help=f"comma list from: {', '.join(VARIANTS)}")
@@ -252,6 +288,10 @@ def main() -> None:
         lists["jpeg"] = replicate(src, args.n)
     if "tiff" in formats:
         lists["tiff"] = replicate(write_tiffs(src, Path(tmp.name) / "tiff"), args.n)
+    if "lzw" in formats:
+        lists["lzw"] = replicate(write_lzw(src, Path(tmp.name) / "lzw"), args.n)
+    if "stack" in formats:
+        lists["stack"] = replicate(write_stacks(src, Path(tmp.name) / "stack"), args.n)
     files = {}
     for fmt, ps in lists.items():
         files[fmt] = Path(tmp.name) / f"{fmt}.json"

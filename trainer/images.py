@@ -64,6 +64,7 @@ IMAGE_SUFFIXES = PIL_SUFFIXES | TIFF_SUFFIXES | set(BIOIO_FORMATS)
 FORMATS_EXTRA = "pip install 'scopeloop[formats]'"
 PERCENTILES = (0.5, 99.8)
 MAX_CHANNEL_AXIS = 16
+MEMMAP_BYTES = 64 << 20  # uncompressed TIFF series larger than this are memory-mapped, not read whole
 NORMALISATIONS = ("per-image", "per-dataset", "bit-depth")
 STACK_MODES = ("mip", "plane")
 
@@ -252,8 +253,8 @@ def _read_tiff(path: Path) -> Decoded:
             fmt = _tiff_format(tf) + (" (BigTIFF)" if tf.is_bigtiff else "")
             axes, shape = series.axes, tuple(series.shape)
             data = None
-            if series.dataoffset is not None and not getattr(tf, "is_ndpi", False):
-                try:  # uncompressed, contiguous: memory-map, read only the planes kept
+            if series.nbytes > MEMMAP_BYTES and series.dataoffset is not None and not getattr(tf, "is_ndpi", False):
+                try:  # large, uncompressed, contiguous: memory-map, read only the planes kept
                     data = tifffile.memmap(path, series=0, mode="r")
                     if tuple(data.shape) != shape:
                         data = None
@@ -487,7 +488,7 @@ def to_plane(dec: Decoded, prep: Preprocessing, path="image") -> np.ndarray:
     orientation = getattr(dec, "orientation", 1)
     if orientation not in (0, 1):
         arr = orient(arr, orientation)
-    return _native(np.ascontiguousarray(arr))
+    return _native(arr)
 
 
 def read_raw(path, draft_size: int | None = None, prep=None) -> np.ndarray:
