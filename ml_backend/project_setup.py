@@ -50,7 +50,8 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
                  *, document_root: str | Path, previews_dir: str | Path,
                  title: str | None = None, labels: str | Path | None = None,
                  backend_url: str | None = None, label_config: str | None = None,
-                 project_id: int | None = None) -> InitReport:
+                 project_id: int | None = None, served_root: str | Path | None = None,
+                 served_previews: str | Path | None = None) -> InitReport:
     """Create or update the project for `images`; see the module docstring.
 
     `labels`: a CSV path (`file,label`; file relative to `images` or a unique file name), or
@@ -58,15 +59,21 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
     `document_root` must be the LOCAL_FILES_DOCUMENT_ROOT Label Studio runs with; `images` and
     `previews_dir` must lie under it. `project_id` (from the work dir's project.json) wins over
     looking the project up by `title` (default: the folder name).
+    `served_root` / `served_previews`: the paths Label Studio reaches `images` / `previews_dir`
+    by (links under its root, see scopeloop.projects); default: the folders themselves.
     """
     from trainer.images import image_key, list_images  # imports torch: only when needed
 
-    root, docroot = Path(images).resolve(), Path(document_root).resolve()
-    previews = Path(previews_dir).resolve()
-    for p, what in ((root, "image folder"), (previews, "previews folder")):
+    root, previews = Path(images).resolve(), Path(previews_dir).resolve()
+    # served paths are compared unresolved: a link under the root may point anywhere
+    docroot = Path(os.path.abspath(document_root))
+    served = Path(os.path.abspath(served_root or root))
+    served_prev = Path(os.path.abspath(served_previews or previews))
+    for p, what in ((served, "image folder"), (served_prev, "previews folder")):
         if not p.is_relative_to(docroot):
             raise LabelStudioError(f"{what} {p} is outside Label Studio's LOCAL_FILES_DOCUMENT_ROOT "
-                                   f"{docroot}: LS could not serve it; move it or change the root")
+                                   f"{docroot}: Label Studio could not serve it; run `scopeloop init`, "
+                                   "which links each image folder under the root")
     known = _read_labels(labels, root) if labels else {}
     if not classes and labels and str(labels).lower() == "imagefolder":
         classes = sorted(set(known.values()))
@@ -77,8 +84,8 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
     pid = project_id or client.find_project(title) or client.create_project(title, cfg.xml)
     report = InitReport(project_id=pid)
     previews.mkdir(parents=True, exist_ok=True)  # LS refuses a storage path that does not exist
-    client.ensure_local_storage(pid, str(root), title="images")
-    client.ensure_local_storage(pid, str(previews), title="previews")
+    client.ensure_local_storage(pid, str(served), title="images")
+    client.ensure_local_storage(pid, str(served_prev), title="previews")
 
     existing = client.task_keys(pid)
     new_tasks = []
@@ -95,6 +102,8 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
             report.skipped.append({"path": str(path), "reason": str(e) or e.__class__.__name__})
             continue
         report.previews += made_preview
+        shown = (served_prev / shown.relative_to(previews)) if shown.is_relative_to(previews) \
+            else served / shown.relative_to(root)
         task = {cfg.value_key: local_files_url(shown.relative_to(docroot).as_posix()),
                 "key": key, "path": str(path)}
         label = _checked_label(known.get(key), key, cfg.classes, report)
@@ -128,7 +137,7 @@ def init_project_from_settings(settings, name: str, images, classes=None, labels
     """
     client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
     return init_project(client, images, classes, labels=labels, backend_url=backend_url,
-                        document_root=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT", "/"),
+                        document_root=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT") or "/",
                         previews_dir=settings.project_dir(name) / "previews", title=name)
 
 

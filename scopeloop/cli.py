@@ -144,13 +144,16 @@ def cmd_status(args) -> int:
     p, st, reg = ws.project, ws.status, ws.registry
     labels = [t for t in ws.labels.get("tasks", {}).values() if t.get("label")]
     n_images = st.get("last_quick", {}).get("images") or p.get("n_tasks")
-    print(f"project {args.project}  (Label Studio project {p.get('ls_project_id')}, {settings.label_studio_url})")
+    print(f"project {ws.root.name}  (Label Studio project {p.get('ls_project_id')}, {settings.label_studio_url})")
     print(f"  images: {n_images or '?'}   labeled: {len(labels)}   unlabeled: {(n_images - len(labels)) if n_images else '?'}")
     cur = reg.current()
     if cur:
-        val = reg.read_json(cur, "metrics.json").get("validation", {})
-        f1 = f"macro-F1 {val['macro_f1']:.3f}, balanced accuracy {val['balanced_accuracy']:.3f} on {val['n']} images" if val.get("n") else "no validation images yet"
-        print(f"  current model: {cur} ({f1}); {len(reg.versions())} version(s) in total")
+        from trainer.estimate import from_metrics, headline
+
+        held = sum(1 for r in reg.version_log() if not r.get("promoted"))
+        print(f"  current model: {cur}; {len(reg.versions())} version(s) kept"
+              + (f" ({held} held back in all, older ones pruned)" if held else ""))
+        print(f"  quality: {headline(from_metrics(reg.read_json(cur, 'metrics.json')))}")
     else:
         print("  current model: none yet (label a few images of at least 2 classes)")
     print(f"  serving in Label Studio: {st.get('ls_model_version', '-')}")
@@ -199,7 +202,26 @@ def cmd_init(args) -> int:
     ws, report = projects.init(settings, args.project, args.images, _class_list(args.classes), labels=args.labels,
                                backend_url=None if args.no_backend else settings.backend_url, model=model)
     print(report.summary())
+    print(f"project '{ws.root.name}': {settings.label_studio_url}/projects/{report.project_id}/data")
     print(f"work directory: {ws.root}")
+    return 0
+
+
+def cmd_qc(args) -> int:
+    from trainer.quality import QCSettings, qc_folder
+
+    if not Path(args.images).is_dir():
+        raise UserError(f"--images '{args.images}' is not a folder of images")
+    if args.settings and not Path(args.settings).is_file():
+        raise UserError(f"--settings '{args.settings}' not found; give a JSON file of thresholds (see trainer/quality.py)")
+    settings = QCSettings.load(args.settings) if args.settings else QCSettings()
+    report = qc_folder(args.images, args.out, settings, embed=not args.no_embed, backbone=args.backbone, progress=True)
+    print(report.summary())
+    if args.no_embed:
+        print("near duplicates and unusual images not judged (--no-embed); identical pixels still are")
+    print(f"verdicts and scores per image -> {args.out}")
+    if len(report.skipped):
+        print(report.skipped.summary())
     return 0
 
 
@@ -209,19 +231,25 @@ def cmd_demo(args) -> int:
 
     # not load_settings(): the demo starts its own services; settings.env describes the last run's
     run_demo(Settings(), images=args.images, classes=_class_list(args.classes), port=args.port,
-             backend_port=args.backend_port)
+             backend_port=args.backend_port, name=args.project)
     return 0
 
 
 def cmd_backend(args) -> int:
     from ml_backend.app import create_app
 
-    create_app().run(host=args.host, port=args.port, threaded=True)
+    app = create_app()
+    if args.host in ("127.0.0.1", "localhost", "::1"):
+        print(f"ML backend on http://{args.host}:{args.port} (this machine only; --host 0.0.0.0 to accept other machines)")
+    else:
+        print(f"WARNING: the ML backend listens on {args.host}:{args.port}, reachable from other machines; "
+              "set SCOPELOOP_BACKEND_TOKEN (or a firewall) so only your Label Studio can call it", file=sys.stderr)
+    app.run(host=args.host, port=args.port, threaded=True)
     return 0
 
 
-def _add_project_arg(p) -> None:
-    p.add_argument("--project", default="default", help="project name (default: %(default)s)")
+def _add_project_arg(p, help="project name (default: the only project; with several, say which)") -> None:
+    p.add_argument("--project", default=None, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,25 +312,37 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--images", required=True, help="folder of images (searched recursively)")
     i.add_argument("--classes", help="cell types, comma-separated or a file with one per line (default with --labels imagefolder: the folder names)")
     i.add_argument("--labels", help="existing labels to import: a CSV file with columns file,label, or the word 'imagefolder'")
-    _add_project_arg(i)
+    _add_project_arg(i, help="project name (default: the folder's project, or a name made from the folder's name)")
     i.add_argument("--backbone", default="tf_efficientnet_lite0")
     i.add_argument("--image-size", type=int, default=224)
     i.add_argument("--channels", help="image channels feeding R,G,B, e.g. 0,2,1")
     i.add_argument("--no-backend", action="store_true", help="do not connect the ML backend (SCOPELOOP_BACKEND_URL)")
     i.set_defaults(func=cmd_init)
 
+    qc = sub.add_parser("qc", help="image quality verdicts for a folder: blank, out of focus, saturated, too dark, duplicate, unusual",
+                        description="Score every image (documented in trainer/quality.py) and give one verdict naming the deciding "
+                                    "score; focus is learned from the folder's own sharpest images. Writes a CSV; moves nothing.")
+    qc.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    qc.add_argument("--out", required=True, help="CSV file to write (one row per image)")
+    qc.add_argument("--settings", help="JSON file of per-project thresholds, e.g. {\"blank\": 0.006, \"out_of_focus\": 2.5}")
+    qc.add_argument("--no-embed", action="store_true", help="skip embeddings (faster; near duplicates and unusual not judged)")
+    qc.add_argument("--backbone", default="tf_efficientnet_lite0", help="embedding model for near duplicates (default: %(default)s)")
+    qc.set_defaults(func=cmd_qc)
+
     d = sub.add_parser("demo", help="start Label Studio, the ML backend and a worker on sample images (one command)",
                        description="Everything on this machine: embedded Redis, Label Studio, ML backend, worker; "
                                    "a project on the bundled sample (or --images/--classes), pre-annotated and ordered.")
     d.add_argument("--images", help="your own image folder (default: the bundled white blood cell sample)")
     d.add_argument("--classes", help="cell types, comma-separated (default: the image folder's sub-folder names)")
+    _add_project_arg(d, help="project name (default: 'demo' for the sample, else made from the folder's name)")
     d.add_argument("--port", type=int, default=8080, help="Label Studio port (default: %(default)s)")
     d.add_argument("--backend-port", type=int, default=9090, help="ML backend port (default: %(default)s)")
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("backend", help="run the ML backend HTTP service Label Studio calls",
                        description="Flask service: /health, /setup, /predict, /webhook (production: gunicorn ml_backend.wsgi:app).")
-    b.add_argument("--host", default="0.0.0.0")
+    b.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 = all interfaces)")
     b.add_argument("--port", type=int, default=9090)
     b.set_defaults(func=cmd_backend)
 

@@ -2,15 +2,21 @@
 
 Starts (or reuses) an embedded Redis (or REDIS_URL), Label Studio (admin user and API token
 generated once and kept in <home>/demo.json), the ML backend and a worker; creates the project
-on the bundled sample images (or --images/--classes); queues the first refresh so tasks come
-pre-annotated and ordered; prints the URL, login and what to do next. Ctrl-C stops everything.
-Running it again resumes the same project and labels (Label Studio's data dir is kept).
+on the bundled sample images (project "demo") or on --images/--classes (a project per image
+folder, named from the folder unless --project); queues the first refresh so tasks come
+pre-annotated and ordered; prints the URL, login and what to do next. Ctrl-C stops everything,
+the embedded Redis included. Running it again resumes the same projects and labels (Label
+Studio's data dir is kept); every project's images stay reachable because Label Studio's
+local-files root is always `<home>/files`, where scopeloop links each project's folder.
 """
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -47,26 +53,38 @@ def _starter_labels(images: Path, home: Path, per_class: int = 2) -> Path:
     return out
 
 
-def _common_root(*paths: Path) -> Path:
-    import os
-
-    return Path(os.path.commonpath([str(p.resolve()) for p in paths]))
+def scopeloop_command() -> str:
+    """How to run `scopeloop` from any folder: the console script next to this Python, if any."""
+    exe = Path(sys.executable).parent / "scopeloop"
+    if exe.is_file():
+        return str(exe)
+    return shutil.which("scopeloop") or f"{sys.executable} -m scopeloop.cli"
 
 
 def run_demo(settings: Settings, images: Path | None = None, classes: list[str] | None = None,
-             port: int = 8080, backend_port: int = 9090, name: str = "demo", wait: bool = True,
+             port: int = 8080, backend_port: int = 9090, name: str | None = None, wait: bool = True,
              log=print) -> dict:
+    """Start everything and create / resume the project; see the module docstring.
+
+    `name`: project name (default "demo" for the bundled sample, else from the folder's name).
+    With `wait=False` returns at once with `info["stop"]` to stop the services.
+    """
     from ml_backend.ls_server import LabelStudioServer, LabelStudioServerError
     from ml_backend.queue import RefreshQueue, connect_redis
     from scopeloop import projects
 
     bundled = images is None
-    images = Path(images or SAMPLE).resolve()
+    images = Path(images or SAMPLE).expanduser().resolve()
+    if not images.is_dir():
+        raise ServiceError(f"--images '{images}' is not a folder; give the folder that holds your images")
+    if bundled and not name:
+        name = "demo"
     labels = None
     if classes is None:
-        classes = sorted(d.name for d in images.iterdir() if d.is_dir())
-        if not classes:
-            raise ServiceError(f"no --classes given and '{images}' has no class sub-folders to take them from")
+        classes = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if len(classes) < 2:
+            raise ServiceError(f"no --classes given and '{images}' has fewer than two class sub-folders to take "
+                               "them from; give the cell types with --classes \"A,B,C\"")
     home = settings.home
     creds = _credentials(home)
     if bundled:  # like a lab's partly labeled data: two images per class come labeled
@@ -76,33 +94,45 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
     started = []
 
     def stop_all():
-        for svc in reversed(started):
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut the stop short
+        except ValueError:
+            pass  # not the main thread
+        try:
+            for svc in reversed(started):
+                try:
+                    svc.stop()
+                except Exception as exc:
+                    log(f"warning: stopping {type(svc).__name__}: {type(exc).__name__}: {exc}")
+            started.clear()
+        finally:
             try:
-                svc.stop()
-            except Exception:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            except ValueError:
                 pass
 
     try:
-        redis = None
         if not settings.redis_url:
             log("starting embedded Redis ...")
             redis = EmbeddedRedis(home / "redis")
             started.append(redis)
             settings.redis_url = redis.url
         connect_redis(settings.redis_url).ping()
-        log(f"starting Label Studio on http://127.0.0.1:{port} (first start: about a minute) ...")
-        ls = LabelStudioServer(data_dir=home / "label-studio", document_root=_common_root(images, home),
+        ls_dir = home / "label-studio"
+        first = not (ls_dir / "label_studio.sqlite3").exists()
+        log(f"starting Label Studio on http://127.0.0.1:{port}" + (" (first start: about a minute)" if first else "")
+            + " ...")
+        files = projects.links_root(settings)
+        ls = LabelStudioServer(data_dir=ls_dir, document_root=files,
                                port=port, username=creds["username"], password=creds["password"], token=creds["token"])
+        started.append(ls)   # before start(): Ctrl-C during the start stops it too
         try:
             ls.start()
         except LabelStudioServerError as exc:
             raise ServiceError(str(exc)) from None
-        started.append(ls)
         settings.label_studio_url, settings.label_studio_api_key = ls.url, creds["token"]
         settings.backend_url = f"http://127.0.0.1:{backend_port}"
-        import os
-
-        os.environ["LOCAL_FILES_DOCUMENT_ROOT"] = str(ls.document_root)
+        os.environ["LOCAL_FILES_DOCUMENT_ROOT"] = str(files)
         log("starting the ML backend and a worker ...")
         started.append(start_backend(settings, backend_port, home / "logs"))
         started.append(start_worker(settings, home / "logs"))
@@ -112,10 +142,13 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
         log(f"creating the project from {images} ...")
         ws, report = projects.init(settings, name, images, classes, labels=labels, backend_url=settings.backend_url,
                                    model={"image_size": 128})
+        name = ws.root.name
         log(report.summary())
         q = RefreshQueue(connect_redis(settings.redis_url))
         q.request(str(ws.root), "quick", "demo start: pre-annotate and order")
-        log("pre-annotating and ordering the images (first time: embedding them, about a minute) ...")
+        embedded = any((ws.root / "embeddings").glob("*/keys.json"))
+        log("pre-annotating and ordering the images" + ("" if embedded else " (first time: embedding them, about a minute)")
+            + " ...")
         deadline = time.time() + 600
         before = ws.status.get("pushes", 0)
         while time.time() < deadline and ws.status.get("pushes", 0) == before:
@@ -124,18 +157,25 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
             time.sleep(1)
         pid = ws.project["ls_project_id"]
         info = {"url": f"{ls.url}/projects/{pid}/data", "username": creds["username"], "password": creds["password"],
-                "token": creds["token"], "project_id": pid, "workspace": str(ws.root)}
+                "token": creds["token"], "project_id": pid, "project": name, "workspace": str(ws.root)}
+        cmd = f"SCOPELOOP_HOME={home} {scopeloop_command()}"
+        import shlex
+
+        again = shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "demo"
+        info["commands"] = {"status": f"{cmd} status --project {name}",
+                            "init": f"{cmd} init --images <folder> --classes \"A,B,C\""}
         log("\n".join([
             "",
-            "scopeloop demo is ready.",
+            f"scopeloop demo is ready (project '{name}').",
             f"  open      {info['url']}",
             f"  log in    {creds['username']} / {creds['password']}",
             f"  API token {creds['token']}",
-            "  then      click 'Label All Tasks': images come in the order that teaches the model most,",
-            "            with the model's guess pre-selected and its confidence shown (as soon as two",
-            "            classes have labels). Each label you submit retrains the model within seconds.",
-            f"  progress  SCOPELOOP_HOME={home} .venv/bin/scopeloop status --project demo",
-            "  stop      Ctrl-C (run the same command again to continue where you left off)",
+            "  then      click 'Label All Tasks': images come in the order that teaches the model most; above",
+            "            each image the model's suggestion (class, confidence, why it was picked) as soon as",
+            "            two classes have labels. Each label you submit retrains the model within seconds.",
+            f"  progress  {info['commands']['status']}",
+            f"  your own  {info['commands']['init']}   (another folder, its own project)",
+            f"  stop      Ctrl-C; `{cmd} {again}` continues where you left off",
         ]))
         if not wait:
             info["stop"] = stop_all

@@ -1,35 +1,204 @@
 """A scopeloop project = a Label Studio project + a work directory (trainer.workspace).
 
-`init` creates/updates the Label Studio side (ml_backend.project_setup) and records in the
-work directory what the worker and the backend need: images root, classes, Label Studio ids,
-the labeling config's tag names and the model settings.
+One project per image folder. `init` creates the project for a folder, or resumes it (the
+project whose project.json names the same folder, or the one called `name`), then records in
+the work directory what the worker and the backend need: images root, classes, Label Studio
+ids, the labeling config's tag names and the model settings.
+
+Label Studio serves local files from ONE root (LOCAL_FILES_DOCUMENT_ROOT). scopeloop never moves
+that root: it owns a folder `<SCOPELOOP_HOME>/files` under it holding, per project, a link to the
+image folder and one to the previews (`files/<name>/images`, `files/<name>/previews`), and
+every task URL goes through those links. Any number of projects, from any folders, live side by
+side; LS's default root for scopeloop is `<SCOPELOOP_HOME>/files` itself (the demo starts it so).
+
+A failing `init` changes nothing: a Label Studio project it created is deleted again, and a work
+directory or link it created is removed.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 from label_config import parse_config
-from ml_backend.labelstudio import LabelStudioClient
-from ml_backend.project_setup import init_project_from_settings
-from trainer.workspace import Workspace
+from ml_backend.labelstudio import LabelStudioClient, LabelStudioError
+from ml_backend.project_setup import init_project
+from trainer.workspace import Workspace, read_json
 
 DEFAULT_MODEL = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "image_size": 224, "channels": None}
 
 
-def init(settings, name: str, images, classes=None, labels=None, backend_url: str | None = None,
+class ProjectError(ValueError):
+    """A project cannot be created or found; the message says what to do, in one sentence."""
+
+
+def project_name(folder: Path) -> str:
+    """Project name from an image folder's name: letters, digits, '.', '_' and '-' kept.
+
+    >>> project_name(Path("/data/Plate 3 (DAPI)"))
+    'Plate-3-DAPI'
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip("-.") or "images"
+    return name[:64]
+
+
+def list_projects(home) -> dict[str, dict]:
+    """name -> project.json of every project under `<home>/projects`."""
+    out = {}
+    for pj in sorted(Path(home).glob("projects/*/project.json")):
+        data = read_json(pj, {}) or {}
+        if isinstance(data, dict):
+            out[pj.parent.name] = data
+    return out
+
+
+def document_root(settings) -> Path:
+    """The LOCAL_FILES_DOCUMENT_ROOT Label Studio runs with (environment, else <home>/files)."""
+    return Path(os.path.abspath(os.environ.get("LOCAL_FILES_DOCUMENT_ROOT") or links_root(settings)))
+
+
+def links_root(settings) -> Path:
+    """The folder under Label Studio's document root that scopeloop owns (links per project)."""
+    return Path(os.path.abspath(Path(settings.home) / "files"))
+
+
+def _resolve_name(settings, images: Path, name: str | None) -> str:
+    projects = list_projects(settings.home)
+    if name:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ProjectError(f"project name {name!r}: use up to 64 letters, digits, '.', '_' or '-'")
+        other = projects.get(name, {}).get("images_root")
+        if other and Path(other).resolve() != images:
+            raise ProjectError(f"project '{name}' already belongs to the folder {other}; "
+                               f"give this folder its own name with --project")
+        return name
+    same = [n for n, p in projects.items() if p.get("images_root") and Path(p["images_root"]).resolve() == images]
+    if same:
+        return same[0]                     # resume this folder's project
+    name, base, i = project_name(images), project_name(images), 2
+    while name in projects:                # another folder with the same name
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def _link(link: Path, target: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            return
+        if link.is_symlink():
+            link.unlink()
+        else:
+            raise ProjectError(f"{link} exists and is not a link made by scopeloop; move it away and retry")
+    link.symlink_to(target, target_is_directory=True)
+
+
+def init(settings, name: str | None, images, classes=None, labels=None, backend_url: str | None = None,
          model: dict | None = None):
-    """Create or update project `name`; returns (Workspace, InitReport)."""
-    images = Path(images).resolve()
+    """Create or resume the project for image folder `images`; returns (Workspace, InitReport).
+
+    `name`: the project name (default: the folder's project, else a name made from the folder's
+    name). Raises ProjectError / LabelStudioError / FileNotFoundError with a message that says
+    what to do; on any failure Label Studio and the disk are left as they were.
+    """
+    from trainer.images import list_images
+
+    images = Path(images).expanduser().resolve()
     if not images.is_dir():
-        raise FileNotFoundError(f"--images '{images}' is not a folder")
-    ws = Workspace(settings.project_dir(name))
-    report = init_project_from_settings(settings, name, images, classes, labels=labels, backend_url=backend_url)
+        raise FileNotFoundError(f"--images '{images}' is not a folder; give the folder that holds your images")
+    if not list_images(images):
+        raise ProjectError(f"no images (PNG, JPEG, TIFF, BMP) found under '{images}'; check the folder")
+    name = _resolve_name(settings, images, name)
+    docroot, links = document_root(settings), links_root(settings)
+    if not links.is_relative_to(docroot):
+        raise ProjectError(f"Label Studio serves local files only under {docroot} (LOCAL_FILES_DOCUMENT_ROOT) but "
+                           f"scopeloop keeps its links in {links}: start Label Studio with "
+                           f"LOCAL_FILES_DOCUMENT_ROOT={links} or set SCOPELOOP_HOME to a folder under {docroot}")
+    work = settings.project_dir(name)
+    work_existed, link_dir = work.exists(), links / name
+    links_existed = link_dir.exists()
+    known = read_json(work / "project.json", {}) or {}
     client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
-    cfg = parse_config(client.get_project(report.project_id)["label_config"])
+    client.check()
+    before = known.get("ls_project_id")
+    if before is not None and not _ls_project_exists(client, before):
+        before = None                      # deleted in Label Studio: make a new one
+    created_pid = None
+    try:
+        _link(link_dir / "images", images)
+        (work / "previews").mkdir(parents=True, exist_ok=True)
+        _link(link_dir / "previews", (work / "previews").resolve())
+        if before is None:
+            existing = client.find_project(ls_title(name))
+            if existing is None:
+                from label_config import build_config
+                from ml_backend.project_setup import _read_labels
+
+                cls = classes
+                if not cls and labels and str(labels).lower() == "imagefolder":
+                    cls = sorted(set(_read_labels(labels, images).values()))
+                if not cls:
+                    raise ProjectError("no classes: give the cell types with --classes \"A,B,C\" "
+                                       "(or --labels imagefolder to take the sub-folder names)")
+                created_pid = before = client.create_project(ls_title(name), build_config(list(cls)))
+            else:
+                before = existing
+        label_config = None if created_pid else client.get_project(before)["label_config"]
+        report = init_project(client, images, classes, labels=labels, backend_url=backend_url, label_config=label_config,
+                              document_root=docroot, previews_dir=work / "previews", title=ls_title(name),
+                              project_id=before, served_root=link_dir / "images",
+                              served_previews=link_dir / "previews")
+        cfg = parse_config(client.get_project(report.project_id)["label_config"])
+    except BaseException as exc:
+        if created_pid is not None:
+            try:
+                client.sdk.projects.delete(id=created_pid)
+            except Exception:
+                pass  # reported below: the original error is what the user needs
+        if not links_existed:
+            shutil.rmtree(link_dir, ignore_errors=True)
+        if not work_existed:
+            shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, LabelStudioError) and not isinstance(exc, ProjectError):
+            raise LabelStudioError(f"project '{name}' was not created (nothing changed): {_first_line(exc)}") from None
+        raise
+    ws = Workspace(work)
     ws.update_project(name=name, images_root=str(images), classes=list(cfg.classes), ls_project_id=report.project_id,
                       from_name=cfg.from_name, to_name=cfg.to_name,
                       model=dict(DEFAULT_MODEL, **(model or ws.project.get("model") or {})),
-                      n_tasks=report.created + report.existing,
-                      document_root=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT", "/"))
+                      n_tasks=report.created + report.existing, document_root=str(docroot),
+                      served_root=str(link_dir / "images"))
     return ws, report
+
+
+def _ls_project_exists(client, pid) -> bool:
+    try:
+        client.get_project(pid)
+        return True
+    except LabelStudioError:
+        return False
+
+
+def ls_title(name: str) -> str:
+    """The Label Studio project title of project `name` (LS wants at least 3 characters)."""
+    return name if len(name) >= 3 else f"{name} (scopeloop)"
+
+
+def _first_line(exc: Exception) -> str:
+    """The error in one plain line: Label Studio's JSON answer reduced to its messages."""
+    import json
+
+    text = str(exc).strip() or type(exc).__name__
+    if "{" in text:
+        head, _, rest = text.partition("{")
+        try:
+            body = json.loads("{" + rest)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            errs = body.get("validation_errors") or {}
+            msg = "; ".join(f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in errs.items()) \
+                if isinstance(errs, dict) and errs else str(body.get("detail") or "")
+            text = head.strip().rstrip(":") + (f": {msg}" if msg else "")
+    return text.splitlines()[0][:300]

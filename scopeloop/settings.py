@@ -27,14 +27,30 @@ class Settings:
     def project_dir(self, name: str) -> Path:
         return self.home / "projects" / name
 
-    def existing_project(self, name: str) -> Path:
-        """The work directory of a project made by `scopeloop init`, or a clear error."""
-        root = self.project_dir(name)
-        if not (root / "project.json").is_file():
-            known = sorted(p.parent.name for p in self.home.glob("projects/*/project.json"))
-            raise FileNotFoundError(f"no project '{name}' in {self.home} (known: {', '.join(known) or 'none'}); "
-                                    f"create it with `scopeloop init`, or set SCOPELOOP_HOME")
-        return root
+    def project_names(self) -> list[str]:
+        """Names of the projects made by `scopeloop init` / `scopeloop demo` under home."""
+        return sorted(p.parent.name for p in self.home.glob("projects/*/project.json"))
+
+    def existing_project(self, name: str | None = None) -> Path:
+        """The work directory of project `name`; with no name (or the old default name
+        "default" when no project has it), the only project there is.
+
+        Raises FileNotFoundError with what to do: no such project, no project yet, or several
+        projects to choose from (listed).
+        """
+        known = self.project_names()
+        if name and name in known:
+            return self.project_dir(name)
+        if name and name != "default":
+            raise FileNotFoundError(f"no project '{name}' in {self.home} (projects: {', '.join(known) or 'none'}); "
+                                    "create it with `scopeloop init --images <folder>`, or set SCOPELOOP_HOME")
+        if len(known) == 1:
+            return self.project_dir(known[0])
+        if not known:
+            raise FileNotFoundError(f"no project yet in {self.home}: create one with `scopeloop init --images "
+                                    "<folder>` or `scopeloop demo`, or set SCOPELOOP_HOME to where your projects are")
+        raise FileNotFoundError(f"{len(known)} projects in {self.home} ({', '.join(known)}): choose one with "
+                                "--project NAME")
 
 
 SETTINGS_FILE = "settings.env"
@@ -62,6 +78,7 @@ def write_settings_file(settings: Settings) -> Path:
         f"LABEL_STUDIO_URL={settings.label_studio_url}",
         f"LABEL_STUDIO_API_KEY={settings.label_studio_api_key}",
         f"SCOPELOOP_BACKEND_URL={settings.backend_url}",
+        f"LOCAL_FILES_DOCUMENT_ROOT={os.environ.get('LOCAL_FILES_DOCUMENT_ROOT', '')}",
     ]) + "\n")
     path.chmod(0o600)
     return path
