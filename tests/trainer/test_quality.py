@@ -1,0 +1,192 @@
+"""Image quality control (trainer/quality.py) on small generated sets, one per verdict.
+
+tests/data/qc holds real files (regenerate with tests/data/qc/generate.py): each file's name is
+the verdict it must get. Embedding-based verdicts use hand-made embeddings in a real FAISS index.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from trainer import quality as q
+from trainer.images import list_images
+
+QC = Path(__file__).resolve().parents[1] / "data" / "qc"
+
+
+def _expected(name: str) -> str:
+    for v in ("out_of_focus", "too_dark", "saturated", "blank", "duplicate", "unusual"):
+        if name.startswith(v) or name.startswith("zz_" + v):
+            return v
+    return "ok"
+
+
+@pytest.fixture(scope="module")
+def qc_report():
+    paths = list_images(QC)
+    assert len(paths) == 21, "tests/data/qc changed: regenerate with tests/data/qc/generate.py"
+    return q.assess(paths, [p.name for p in paths])
+
+
+def test_every_generated_image_gets_its_verdict(qc_report):
+    got = {r.key: r.verdict for r in qc_report.results}
+    assert got == {k: _expected(k) for k in got}
+    assert qc_report.counts() == {"ok": 16, "blank": 1, "out_of_focus": 1, "saturated": 1, "too_dark": 1,
+                                  "duplicate": 1, "unusual": 0}
+
+
+def test_verdict_names_the_deciding_score(qc_report):
+    r = qc_report.by_key()
+    assert r["blank_01.png"].decided_by == "structure" and "< 0.004" in r["blank_01.png"].reason
+    assert r["out_of_focus_01.png"].decided_by == "defocus_px"
+    assert r["saturated_01.png"].decided_by == "saturated_share" and r["saturated_01.png"].saturated_share > 0.5
+    assert r["too_dark_01.png"].decided_by == "brightness" and r["too_dark_01.png"].brightness < 0.05
+    dup = r["zz_duplicate_of_ok_03.tif"]
+    assert dup.decided_by == "identical pixels" and dup.duplicate_of == "ok_03.png"  # PNG and TIFF, same pixels
+    assert r["ok_03.png"].verdict == "ok" and r["ok_03.png"].reason == ""
+
+
+def test_focus_scores_blank_is_uncertain_not_sharp(qc_report):
+    r = qc_report.by_key()
+    assert qc_report.focus is not None and qc_report.focus.n_images >= 2
+    blank = r["blank_01.png"]
+    assert math.isnan(blank.defocus_px) and math.isnan(blank.defocus_sd)  # no structured patch: not "in focus"
+    ok = [x for k, x in r.items() if k.startswith("ok_")]
+    assert max(x.defocus_px for x in ok) < 1.5 < r["out_of_focus_01.png"].defocus_px
+    assert all(x.defocus_sd >= 0 for x in ok)
+    assert all(x.laplacian_focus > 0 for x in ok)  # the classical measure is recorded for every image
+
+
+def test_defocus_grows_with_blur(tmp_path):
+    from scipy.ndimage import gaussian_filter
+
+    for p in sorted(QC.glob("ok_*.png")):
+        shutil.copy(p, tmp_path / p.name)
+    src = np.asarray(Image.open(QC / "ok_05.png")).astype(np.float32)
+    rng = np.random.default_rng(0)
+    for s in (1, 2, 3, 5):
+        b = gaussian_filter(src, (s, s, 0)) + rng.normal(0, 2, src.shape)
+        Image.fromarray(np.clip(np.round(b), 0, 255).astype(np.uint8)).save(tmp_path / f"zblur_{s}.png")
+    res = q.assess(list_images(tmp_path), [p.name for p in list_images(tmp_path)]).by_key()
+    est = [res[f"zblur_{s}.png"].defocus_px for s in (1, 2, 3, 5)]
+    assert est == sorted(est), est
+    assert est[0] < 1.5 and est[2] > est[0] + 1.0 and est[3] >= 2.0, est  # a 16-image pool: a coarse scale
+    assert res["zblur_5.png"].verdict == "out_of_focus"
+
+
+def _camera_12bit(rng, saturate=False):
+    yy, xx = np.mgrid[:128, :128].astype(np.float32)
+    img = 200 + 1800 * np.exp(-(((yy - 64) ** 2 + (xx - 60) ** 2) / 300.0))
+    img += 600 * (rng.random((128, 128)) < 0.02)  # bright specks: fine detail
+    img = img + rng.normal(0, 15, img.shape)
+    if saturate:
+        img = img * 6
+    return np.clip(img, 0, 4095).astype(np.uint16)  # a 12-bit camera, saved as 16-bit TIFF
+
+
+def test_saturation_uses_the_real_bit_depth(tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        tifffile.imwrite(tmp_path / f"cell_{i}.tif", _camera_12bit(rng))
+    tifffile.imwrite(tmp_path / "over.tif", _camera_12bit(rng, saturate=True))
+    paths = list_images(tmp_path)
+    rep = q.assess(paths, [p.name for p in paths])
+    assert rep.bit_depth == 12 and rep.full_scale == 4095
+    r = rep.by_key()
+    assert r["over.tif"].verdict == "saturated" and r["over.tif"].saturated_share > 0.05
+    assert all(r[f"cell_{i}.tif"].saturated_share < 0.01 for i in range(8))
+    # told that the camera has 16 bits, nothing reaches 65535: not saturated
+    rep16 = q.assess(paths, [p.name for p in paths], settings=q.QCSettings(bit_depth=16))
+    assert rep16.by_key()["over.tif"].saturated_share == 0.0
+
+
+def test_near_duplicate_and_unusual_from_embeddings(tmp_path):
+    paths = sorted(QC.glob("ok_*.png"))
+    keys = [p.name for p in paths]
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(keys), 64)).astype(np.float32)
+    emb[5] = emb[4] + 0.02 * rng.normal(size=64)  # ok_05 looks like ok_04
+    emb[9] = 40 * rng.normal(size=64)  # ok_09 far from everything
+    rep = q.assess(paths, keys, embeddings=emb)
+    r = rep.by_key()
+    assert r["ok_05.png"].verdict == "duplicate" and r["ok_05.png"].duplicate_of == "ok_04.png"
+    assert r["ok_05.png"].decided_by == "duplicate_similarity" and r["ok_05.png"].duplicate_similarity >= 0.95
+    assert r["ok_04.png"].verdict == "ok"  # the first of a pair stays ok
+    assert r["ok_09.png"].verdict == "unusual" and r["ok_09.png"].unusual_z >= 6
+    others = [x for k, x in r.items() if k not in ("ok_05.png", "ok_09.png")]
+    assert all(x.verdict == "ok" for x in others), [(x.key, x.reason) for x in others if x.verdict != "ok"]
+
+
+def test_priority_blank_black_frames_are_too_dark_not_duplicates(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / f"black_{i}.png")
+    paths = list_images(tmp_path)
+    rep = q.assess(paths, [p.name for p in paths])
+    assert [r.verdict for r in rep.results] == ["too_dark"] * 3
+
+
+def test_unreadable_file_is_skipped_and_named(tmp_path):
+    shutil.copy(QC / "ok_00.png", tmp_path / "a.png")
+    shutil.copy(QC / "ok_01.png", tmp_path / "b.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    paths = list_images(tmp_path)
+    rep = q.assess(paths, [p.name for p in paths])
+    assert [r.key for r in rep.results] == ["a.png", "b.png"]
+    assert len(rep.skipped) == 1 and "broken.png" in rep.skipped.skipped[0]["path"]
+
+
+def test_settings_per_project(tmp_path):
+    assert q.QCSettings.from_dict({"blank": 0.01}).blank == 0.01
+    with pytest.raises(ValueError, match="blnk"):
+        q.QCSettings.from_dict({"blnk": 0.01})
+    with pytest.raises(ValueError, match="focus_method"):
+        q.QCSettings(focus_method="guess")
+    f = tmp_path / "qc.json"
+    f.write_text("{not json")
+    with pytest.raises(ValueError, match="qc.json"):
+        q.QCSettings.load(f)
+    f.write_text(json.dumps({"saturated": 0.9, "focus_method": "laplacian"}))
+    s = q.QCSettings.load(f)
+    assert (s.saturated, s.focus_method) == (0.9, "laplacian")
+    assert q.QCSettings.load(tmp_path / "missing.json") == q.QCSettings()
+
+
+def test_laplacian_method_decides_when_chosen(qc_report):
+    paths = list_images(QC)
+    rep = q.assess(paths, [p.name for p in paths], settings=q.QCSettings(focus_method="laplacian", out_of_focus=2.0))
+    r = rep.by_key()["out_of_focus_01.png"]
+    assert r.verdict == "out_of_focus" and r.decided_by == "laplacian_defocus_px"
+
+
+def test_qc_folder_writes_csv(tmp_path):
+    out = tmp_path / "qc.csv"
+    rep = q.qc_folder(QC, out, embed=False)
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == len(rep.results) == 21
+    assert set(rows[0]) == set(q.CSV_FIELDS)
+    by = {r["key"]: r for r in rows}
+    assert by["blank_01.png"]["verdict"] == "blank" and by["blank_01.png"]["decided_by"] == "structure"
+    assert by["zz_duplicate_of_ok_03.tif"]["duplicate_of"] == "ok_03.png"
+
+
+def test_cli_qc(tmp_path, capsys):
+    from scopeloop.cli import main
+
+    out = tmp_path / "qc.csv"
+    assert main(["qc", "--images", str(QC), "--out", str(out), "--no-embed"]) == 0
+    text = capsys.readouterr().out
+    assert "21 images checked" in text and "blank" in text and str(out) in text
+    assert main(["qc", "--images", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err
+    bad = tmp_path / "s.json"
+    bad.write_text(json.dumps({"blnk": 1}))
+    assert main(["qc", "--images", str(QC), "--out", str(out), "--no-embed", "--settings", str(bad)]) == 2
+    assert "blnk" in capsys.readouterr().err
