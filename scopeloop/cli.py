@@ -60,10 +60,17 @@ def cmd_train(args) -> int:
     if not items:
         raise UserError(f"no images found under '{root}/<class>/'")
     paths = [p for p, _ in items]
+    from trainer.images import reading_settings
+
+    prep = reading_settings(paths, stack=args.stack, plane=args.plane, timepoint=args.timepoint,
+                            normalisation=args.normalisation, bit_depth=args.bit_depth,
+                            channels=_channels(args.channels))
     config = TrainConfig(backbone=args.backbone, weights=args.weights, mode=args.mode, image_size=args.image_size,
                          channels=_channels(args.channels), epochs=args.epochs, batch_size=args.batch_size,
-                         seed=args.seed, val_fraction=args.val_fraction, device=args.device or None)
+                         seed=args.seed, val_fraction=args.val_fraction, device=args.device or None,
+                         preprocessing=None if prep.is_default else prep.to_dict())
     print(f"training ({args.mode}) on {len(paths)} images, {len(classes)} classes: {', '.join(classes)}")
+    print(f"reading: {prep.describe()}")
     result = train(paths, [lbl for _, lbl in items], classes, config, groups=_groups(args, paths, root), progress=True)
     print(f"weights: {result.model.config.weights_source}")
     registry = ModelRegistry(Path(args.out) / "registry")
@@ -98,6 +105,17 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def require_faiss() -> None:
+    """FAISS (the sampler's search library) comes with an extra; a plain install lacks it."""
+    try:
+        from sampler._faiss import faiss
+
+        faiss()
+    except ImportError:
+        raise UserError("the sampler needs FAISS, which comes with an extra: pip install 'scopeloop[cpu]' "
+                        "(or 'scopeloop[gpu]' on a CUDA machine), or run bash scripts/setup.sh") from None
+
+
 def _workspace(args):
     from scopeloop.settings import load_settings
     from trainer.workspace import Workspace
@@ -110,6 +128,7 @@ def cmd_worker(args) -> int:
     from scopeloop.settings import load_settings
     from scopeloop.worker import run_worker
 
+    require_faiss()
     settings = load_settings()
     print(f"worker listening on {settings.redis_url or 'redis://127.0.0.1:6379/0'} (Ctrl-C to stop)")
     run_worker(settings, burst=args.burst, scheduler=not args.no_scheduler)
@@ -119,6 +138,7 @@ def cmd_worker(args) -> int:
 def cmd_refresh(args) -> int:
     from ml_backend.queue import RefreshQueue, connect_redis
 
+    require_faiss()
     settings, ws = _workspace(args)
     kind = "deep" if args.deep else "quick"
     if args.now:
@@ -229,6 +249,7 @@ def cmd_demo(args) -> int:
     from scopeloop.demo import run_demo
     from scopeloop.settings import Settings
 
+    require_faiss()
     # not load_settings(): the demo starts its own services; settings.env describes the last run's
     run_demo(Settings(), images=args.images, classes=_class_list(args.classes), port=args.port,
              backend_port=args.backend_port, name=args.project)
@@ -268,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", default="imagenet", help="'imagenet' (offline), a local weights file, or 'none' for random init")
     t.add_argument("--image-size", type=int, default=224, help="input size in pixels (default: %(default)s)")
     t.add_argument("--channels", help="which image channels feed R,G,B, e.g. 0,2,1 (default: documented mapping)")
+    t.add_argument("--stack", choices=["mip", "plane"], default="mip",
+                   help="what a Z-stack becomes: maximum-intensity projection (default) or one plane (--plane)")
+    t.add_argument("--plane", type=int, default=None, help="Z plane for --stack plane (default: the middle one)")
+    t.add_argument("--timepoint", type=int, default=0, help="time point read from a time series (default: 0, the first)")
+    t.add_argument("--normalisation", choices=["per-image", "per-dataset", "bit-depth"], default="per-image",
+                   help="intensity mapping: per-image percentile stretch (default), one fixed range per channel from "
+                        "a sample of the images (absolute brightness kept), or a fixed /(2^bits-1)")
+    t.add_argument("--bit-depth", type=int, default=None, help="camera bits for --normalisation bit-depth (default: found from the images)")
     t.add_argument("--epochs", type=int, default=15, help="max epochs for --mode full (early stopping keeps the best)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--val-fraction", type=float, default=0.2, help="share of images held out for validation")

@@ -765,3 +765,17 @@ def scan_imagefolder(root) -> tuple[list[tuple[Path, str]], list[str]]:
         )
     items = [(p, c) for c in classes for p in list_images(root / c)]
     return items, classes
+
+
+def reading_settings(paths: Sequence, stack: str = "mip", plane: int | None = None, timepoint: int = 0,
+                     normalisation: str = "per-image", bit_depth: int | None = None,
+                     channels: Sequence[int] | None = None, sample: int = 200) -> Preprocessing:
+    """A project's `Preprocessing` from its choices, computing what they need from the images:
+    per-dataset ranges from a sample of `paths` (`dataset_ranges`), the bit depth from their
+    largest value when not given (`estimate_bit_depth`). Raises ValueError for a bad choice."""
+    base = Preprocessing(channels=channels, stack=stack, plane=plane, timepoint=timepoint)
+    if normalisation == "per-dataset":
+        return replace(base, normalisation="per-dataset", ranges=dataset_ranges(paths, base, sample=sample))
+    if normalisation == "bit-depth":
+        return replace(base, normalisation="bit-depth", bit_depth=bit_depth or estimate_bit_depth(paths))
+    return replace(base, normalisation=normalisation)

@@ -376,3 +376,18 @@ def test_non_utf8_name_gets_an_escaped_key_that_maps_back(tmp_path):
     json_text.encode("utf-8")
     (tmp_path / "plain %20 name.png").write_bytes(b"")
     assert path_for_key(tmp_path, "plain %20 name.png") == tmp_path / "plain %20 name.png"
+
+
+def test_reading_settings_compute_what_the_choice_needs(tmp_path):
+    from trainer.images import reading_settings
+
+    for i, v in enumerate([300, 900, 3000]):
+        tifffile.imwrite(tmp_path / f"{i}.tif", np.full((16, 16), v, np.uint16) + np.arange(16, dtype=np.uint16))
+    paths = sorted(tmp_path.glob("*.tif"))
+    assert reading_settings(paths).is_default
+    nd = reading_settings(paths, normalisation="per-dataset")
+    assert nd.ranges[0][0] < 310 and nd.ranges[0][1] > 3000
+    assert reading_settings(paths, normalisation="bit-depth").bit_depth == 12
+    assert reading_settings(paths, stack="plane", plane=2, timepoint=1).describe().startswith("Z plane 2; time point 1")
+    with pytest.raises(ValueError, match="normalisation 'x'"):
+        reading_settings(paths, normalisation="x")
