@@ -8,8 +8,9 @@ For every --data folder (e.g. an ImageFolder of real microscopy crops), each rou
     spread evenly over these kinds and strengths:
       blur_<s>        Gaussian blur sigma s = 1, 2, 3, 4, 6, 8 px, camera-like noise added back
                       at the source's own level (Immerkaer estimate), saved losslessly (PNG)
-      blank           a background crop (the least textured window, 1/6 of the side) mirror-tiled
-                      to the image size: native pixel scale and noise, no cell
+      blank           an empty field made of the image's own background: mean colour of the least
+                      textured window (1/6 of the side), its fine texture tiled (native noise and
+                      compression), a 3 % illumination gradient; no cell
       saturated_<g>   gain g = 1.5, 2, 3, clipped at the top of the bit depth
       dark_<g>        gain 0.04 (a nearly black exposure)
       dup_exact       a byte copy of the file
@@ -99,16 +100,17 @@ def _blur(raw: np.ndarray, sigma: float, rng) -> np.ndarray:
 
 
 def _blank(raw: np.ndarray) -> np.ndarray:
-    """Least textured window (side/6), mirror-tiled to the full size."""
+    """An empty field from the image's own background: the least textured window (side/6) gives
+    the mean colour and, tiled, its fine texture (the window minus its sigma-2 blur: camera
+    noise, compression at the native pixel scale); a 3 % linear illumination gradient across
+    the field is added (vignetting)."""
     from scipy.ndimage import gaussian_filter
     from trainer.quality import grey_plane
 
     g = grey_plane(raw)[0]
     h, w = g.shape
     side = max(16, min(h, w) // 6)
-    sm = gaussian_filter(g, 1.0)
-    gy, gx = np.gradient(sm)
-    mag = np.hypot(gy, gx)
+    mag = np.hypot(*np.gradient(gaussian_filter(g, 1.0)))
     best, pos = None, (0, 0)
     step = max(4, side // 4)
     for y in range(0, h - side + 1, step):
@@ -117,9 +119,16 @@ def _blank(raw: np.ndarray) -> np.ndarray:
             if best is None or v < best:
                 best, pos = v, (y, x)
     y, x = pos
-    crop = raw[y:y + side, x:x + side]
-    pad = [(0, h - side), (0, w - side)] + ([(0, 0)] if raw.ndim == 3 else [])
-    return np.pad(crop, pad, mode="symmetric")
+    crop = raw[y:y + side, x:x + side].astype(np.float32)
+    sig = (2.0, 2.0) + ((0,) if crop.ndim == 3 else ())
+    fine = crop - gaussian_filter(crop, sig, mode="reflect")
+    reps = (math.ceil(h / side), math.ceil(w / side)) + ((1,) if crop.ndim == 3 else ())
+    tex = np.tile(fine, reps)[:h, :w]
+    mean = crop.reshape(-1, *crop.shape[2:]).mean(0)
+    ramp = 1.0 + 0.03 * (np.linspace(-0.5, 0.5, w)[None, :] + np.linspace(-0.5, 0.5, h)[:, None]) / 2
+    if crop.ndim == 3:
+        ramp = ramp[..., None]
+    return np.clip(np.round(mean * ramp + tex), 0, _top(raw)).astype(raw.dtype)
 
 
 def _gain(raw: np.ndarray, g: float) -> np.ndarray:
@@ -236,6 +245,8 @@ def score_round(report, truth: dict) -> dict:
             if r.verdict != "ok":
                 out["clean"]["flagged"] += 1
                 out["clean"]["by_verdict"][r.verdict] = out["clean"]["by_verdict"].get(r.verdict, 0) + 1
+                if r.verdict == "duplicate" and r.duplicate_of not in truth:
+                    out["clean"].setdefault("source_pairs", []).append([key, r.duplicate_of, round(r.pixel_match, 3)])
     # focus methods alone: the defocus estimates of clean and blurred images
     for m, attr in (("learned", "defocus_px"), ("laplacian", "laplacian_defocus_px")):
         out["focus"][m] = {
@@ -252,6 +263,9 @@ def merge(a: dict | None, b: dict) -> dict:
     a["clean"]["flagged"] += b["clean"]["flagged"]
     for v, c in b["clean"]["by_verdict"].items():
         a["clean"]["by_verdict"][v] = a["clean"]["by_verdict"].get(v, 0) + c
+    for pair in b["clean"].get("source_pairs", []):
+        if pair not in a["clean"].setdefault("source_pairs", []):
+            a["clean"]["source_pairs"].append(pair)
     for k, d in b["kinds"].items():
         for f in ("n", "hit", "flagged"):
             a["kinds"][k][f] += d[f]
@@ -289,6 +303,9 @@ def table(name: str, agg: dict, curves: dict, meta: dict) -> str:
              f"{meta['n_clean']} clean images, {meta['rounds']} round(s), {meta['n_defects']} defect images in all; "
              f"false flags on clean: **{c['flagged']}/{c['n']} = {c['flagged'] / max(c['n'], 1):.1%}** "
              f"(95 % CI {lo:.1%}-{hi:.1%}); by verdict: {json.dumps(c['by_verdict'])}", "",
+             f"Duplicates flagged between two clean images (pairs already in the source set, counted above as "
+             f"false flags; check them in the montage): {len(c.get('source_pairs', []))} distinct: "
+             + ", ".join(f"{a} ~ {b} ({m})" for a, b, m in c.get("source_pairs", [])[:8]), "",
              "| defect | expected verdict | n | recall (95 % CI) | flagged at all | verdicts |", "|---|---|--:|--:|--:|---|"]
     for k in KINDS:
         d = agg["kinds"][k]

@@ -33,8 +33,13 @@ laplacian_focus    classical focus measure, normalised variance of the Laplacian
                    Recorded for every image; `focus_method="laplacian"` converts it to a
                    defocus_px through the same synthetic calibration and lets it decide.
 duplicate_of       the image this one repeats: identical pixels (SHA-1 of the decoded array,
-                   score `duplicate_similarity` = 1) or near-identical embedding (centred cosine
-                   similarity in the FAISS index >= threshold, default 0.95). The later key in
+                   `duplicate_similarity` = 1), or a near duplicate: one of its 5 nearest images
+                   in the FAISS index (centred cosine `duplicate_similarity` >= 0.80, default
+                   `duplicate_candidate`) whose 48 x 48 thumbnail matches (`pixel_match`: the
+                   best normalised cross-correlation over the 8 mirror images / right-angle
+                   rotations and shifts up to 3 px of the thumbnail, -1..1) at >= 0.90 (default
+                   `duplicate`). Catches mirrored, slightly shifted and re-encoded copies; two
+                   different cells that merely look alike fail the pixel check. The later key in
                    sorted order is flagged; the first one stays `ok`.
 unusual_z          robust z-score of the mean centred-cosine distance to the 5 nearest pool
                    images ((d - median) / (1.4826 MAD)); `unusual` at or above the threshold
@@ -90,6 +95,8 @@ TOP_TOLERANCE = 0.005  # a pixel "at the top" is within 0.5 % of full scale
 BANDS = (1.0, 2.0, 4.0, 8.0)  # Gaussian sigmas: bands I-G1, G1-G2, G2-G4, G4-G8
 SETTINGS_FILE = "qc_settings.json"
 MAX_TRAIN_PATCHES = 8000
+THUMB = 48
+THUMB_SHIFT = 3
 
 
 # ============================================================ settings
@@ -104,7 +111,8 @@ class QCSettings:
     saturated: float = 0.05  # saturated_share at/above -> saturated
     blank: float = 0.004  # structure below -> blank
     out_of_focus: float = 2.0  # defocus_px at/above -> out_of_focus
-    duplicate: float = 0.95  # centred cosine similarity at/above -> duplicate
+    duplicate: float = 0.90  # pixel_match at/above (for an embedding candidate) -> duplicate
+    duplicate_candidate: float = 0.80  # centred cosine similarity at/above -> checked for duplicate
     unusual: float = 6.0  # unusual_z at/above -> unusual
     focus_method: str = "learned"  # "learned" or "laplacian"
     bit_depth: int | None = None  # None: inferred from the pool
@@ -164,6 +172,7 @@ class PixelStats:
     laplacian_focus: float
     energies: np.ndarray  # (P, 4) band energies per patch, raw units^2
     scale: int  # binning factor applied before the focus features
+    thumb: np.ndarray | None = None  # (THUMB, THUMB) float32 grey thumbnail, for near duplicates
     seconds: float = 0.0
 
 
@@ -329,7 +338,36 @@ def measure(raw: np.ndarray) -> PixelStats:
         dtype=str(raw.dtype), shape=tuple(raw.shape), colour=colour, sha1=sha.hexdigest(),
         raw_max=float(np.max(raw)), bright_p999=_p999(bright, 3.0 if colour else 1.0),
         top_share=_top_shares(raw, colour), noise=immerkaer_noise(gw), laplacian_focus=laplacian_focus(g),
-        energies=energies, scale=f, seconds=time.perf_counter() - t0)
+        energies=energies, scale=f, thumb=thumbnail(g), seconds=time.perf_counter() - t0)
+
+
+def thumbnail(g: np.ndarray) -> np.ndarray:
+    """(THUMB, THUMB) area-averaged grey thumbnail (aspect ratio not kept: near duplicates only)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(g, dtype=np.float32), mode="F")
+                      .resize((THUMB, THUMB), Image.BOX), dtype=np.float32)
+
+
+def _dihedral(t: np.ndarray) -> list:
+    return [np.rot90(x, k) for x in (t, t[:, ::-1]) for k in range(4)]
+
+
+def pixel_match(a: np.ndarray, b: np.ndarray, max_shift: int = THUMB_SHIFT) -> float:
+    """Best normalised cross-correlation of thumbnail `b` with `a` over the 8 mirror images /
+    right-angle rotations of `b` and circular shifts up to `max_shift` px (FFT), -1..1."""
+    def norm(x):
+        x = x.astype(np.float64) - x.mean()
+        n = np.linalg.norm(x)
+        return x / n if n > 0 else x
+
+    A = np.fft.rfft2(norm(a))
+    best = -1.0
+    for t in _dihedral(b):
+        c = np.fft.irfft2(A * np.conj(np.fft.rfft2(norm(np.ascontiguousarray(t)))), s=a.shape)
+        c = np.roll(c, (max_shift, max_shift), axis=(0, 1))[:2 * max_shift + 1, :2 * max_shift + 1]
+        best = max(best, float(c.max()))
+    return best
 
 
 def full_scale(stats: Sequence[PixelStats], bit_depth: int | None = None) -> tuple[float, int | str]:
@@ -500,13 +538,13 @@ def centred_unit(emb: np.ndarray) -> np.ndarray:
 
 
 def embedding_scores(emb: np.ndarray, keys: Sequence[str], k: int = 5) -> dict:
-    """Nearest other image (FAISS flat inner-product index on centred unit vectors) and the
-    robust z-score of the mean distance to the k nearest: {'nn_row', 'nn_sim', 'unusual_z'}."""
+    """The k nearest other images (FAISS inner-product index on centred unit vectors) and the
+    robust z-score of the mean distance to them: {'rows' (n, k), 'sims' (n, k), 'unusual_z' (n,)}."""
     import sampler  # noqa: F401  (pins OpenBLAS before faiss loads)
     from sampler.index import EmbeddingIndex
 
     n = len(keys)
-    out = {"nn_row": np.full(n, -1, np.int64), "nn_sim": np.full(n, np.nan), "unusual_z": np.full(n, np.nan)}
+    out = {"rows": np.full((n, k), -1, np.int64), "sims": np.full((n, k), np.nan), "unusual_z": np.full(n, np.nan)}
     if n < 2:
         return out
     x = centred_unit(emb)
@@ -514,11 +552,9 @@ def embedding_scores(emb: np.ndarray, keys: Sequence[str], k: int = 5) -> dict:
     kk = min(k + 1, n)
     sims, rows = idx.search(x, kk)
     for i in range(n):
-        keep = rows[i] != i
-        r, s = rows[i][keep], sims[i][keep]
-        r, s = r[r >= 0], s[r >= 0]
-        if len(r):
-            out["nn_row"][i], out["nn_sim"][i] = int(r[0]), float(s[0])
+        keep = (rows[i] != i) & (rows[i] >= 0)
+        r, s = rows[i][keep][:k], sims[i][keep][:k]
+        out["rows"][i, :len(r)], out["sims"][i, :len(r)] = r, s
     if n >= 10:
         d = np.array([np.mean(1.0 - s[(r != i) & (r >= 0)][:k]) for i, (s, r) in enumerate(zip(sims, rows))])
         med = np.median(d)
@@ -544,6 +580,7 @@ class QCResult:
     laplacian_defocus_px: float
     duplicate_of: str = ""
     duplicate_similarity: float = float("nan")
+    pixel_match: float = float("nan")
     unusual_z: float = float("nan")
 
     def row(self) -> dict:
@@ -596,8 +633,8 @@ def _decide(r: QCResult, s: QCSettings, exact: bool) -> None:
     ]
     if r.duplicate_of:
         thr = 1.0 if exact else s.duplicate
-        name = "identical pixels" if exact else "duplicate_similarity"
-        checks.append(("duplicate", name, r.duplicate_similarity, True, ">=", thr))
+        name = "identical pixels" if exact else "pixel_match"
+        checks.append(("duplicate", name, r.pixel_match, True, ">=", thr))
     dpx = r.laplacian_defocus_px if s.focus_method == "laplacian" else r.defocus_px
     dname = "laplacian_defocus_px" if s.focus_method == "laplacian" else "defocus_px"
     checks.append(("out_of_focus", dname, dpx, bool(np.isfinite(dpx) and dpx >= s.out_of_focus), ">=", s.out_of_focus))
@@ -607,7 +644,8 @@ def _decide(r: QCResult, s: QCSettings, exact: bool) -> None:
         if hit:
             r.verdict, r.decided_by = verdict, name
             if verdict == "duplicate":
-                r.reason = f"{name} with {r.duplicate_of}" + ("" if exact else f" ({val:.4f} {op} {thr:g})")
+                r.reason = f"{name} with {r.duplicate_of}" + ("" if exact else f" ({val:.3f} {op} {thr:g}, "
+                                                                             f"embedding {r.duplicate_similarity:.3f})")
             else:
                 r.reason = f"{name} {val:.4g} {op} {thr:g}"
             return
@@ -701,18 +739,25 @@ def assess(paths: Sequence, keys: Sequence[str] | None = None, embeddings: np.nd
         if len(have) >= 2:
             sub = emb[[erow[results[i].key] for i in have]]
             es = embedding_scores(sub, [results[i].key for i in have])
-            pos = {i: j for j, i in enumerate(have)}
             rank = {i: o for o, i in enumerate(order)}
             for j, i in enumerate(have):
                 results[i].unusual_z = float(es["unusual_z"][j])
-                nn = int(es["nn_row"][j])
-                if i in exact or nn < 0:
+                if i in exact:
                     continue
-                other = have[nn]
-                if es["nn_sim"][j] >= settings.duplicate and rank[other] < rank[i]:
+                best = None
+                for nn, sim in zip(es["rows"][j], es["sims"][j]):
+                    if nn < 0 or not sim >= settings.duplicate_candidate:
+                        continue
+                    other = have[int(nn)]
+                    if rank[other] > rank[i]:
+                        continue  # the pair is reported on the later image
+                    m = pixel_match(stats[other].thumb, stats[i].thumb)
+                    if m >= settings.duplicate and (best is None or m > best[1]):
+                        best = (other, m, float(sim))
+                if best is not None:
+                    other = best[0]
                     results[i].duplicate_of = results[other].key
-                    results[i].duplicate_similarity = float(es["nn_sim"][j])
-            del pos
+                    results[i].pixel_match, results[i].duplicate_similarity = best[1], best[2]
     t_dup = time.perf_counter() - t2
     for i, r in enumerate(results):
         _decide(r, settings, i in exact)

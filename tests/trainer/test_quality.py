@@ -109,20 +109,37 @@ def test_saturation_uses_the_real_bit_depth(tmp_path):
 
 
 def test_near_duplicate_and_unusual_from_embeddings(tmp_path):
-    paths = sorted(QC.glob("ok_*.png"))
+    for p in sorted(QC.glob("ok_*.png")):
+        shutil.copy(p, tmp_path / p.name)
+    flipped = np.asarray(Image.open(QC / "ok_04.png"))[:, ::-1]
+    Image.fromarray(np.ascontiguousarray(flipped)).save(tmp_path / "ok_04_mirrored.png")
+    paths = list_images(tmp_path)
     keys = [p.name for p in paths]
+    row = {k: i for i, k in enumerate(keys)}
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(len(keys), 64)).astype(np.float32)
-    emb[5] = emb[4] + 0.02 * rng.normal(size=64)  # ok_05 looks like ok_04
-    emb[9] = 40 * rng.normal(size=64)  # ok_09 far from everything
-    rep = q.assess(paths, keys, embeddings=emb)
-    r = rep.by_key()
-    assert r["ok_05.png"].verdict == "duplicate" and r["ok_05.png"].duplicate_of == "ok_04.png"
-    assert r["ok_05.png"].decided_by == "duplicate_similarity" and r["ok_05.png"].duplicate_similarity >= 0.95
+    emb[row["ok_04_mirrored.png"]] = emb[row["ok_04.png"]] + 0.05 * rng.normal(size=64)  # the mirror image
+    emb[row["ok_07.png"]] = emb[row["ok_06.png"]] + 0.05 * rng.normal(size=64)  # look-alike, other pixels
+    emb[row["ok_09.png"]] = 40 * rng.normal(size=64)  # far from everything
+    r = q.assess(paths, keys, embeddings=emb).by_key()
+    m = r["ok_04_mirrored.png"]
+    assert m.verdict == "duplicate" and m.duplicate_of == "ok_04.png" and m.decided_by == "pixel_match"
+    assert m.pixel_match > 0.99 and m.duplicate_similarity >= 0.8
     assert r["ok_04.png"].verdict == "ok"  # the first of a pair stays ok
+    assert r["ok_07.png"].verdict == "ok" and r["ok_07.png"].duplicate_of == ""  # embedding alone is not enough
     assert r["ok_09.png"].verdict == "unusual" and r["ok_09.png"].unusual_z >= 6
-    others = [x for k, x in r.items() if k not in ("ok_05.png", "ok_09.png")]
+    others = [x for k, x in r.items() if k not in ("ok_04_mirrored.png", "ok_09.png")]
     assert all(x.verdict == "ok" for x in others), [(x.key, x.reason) for x in others if x.verdict != "ok"]
+
+
+def test_pixel_match_sees_mirror_shift_not_other_cells():
+    a = np.asarray(Image.open(QC / "ok_00.png")).astype(np.float32).mean(-1)
+    t = q.thumbnail(a)
+    assert q.pixel_match(t, q.thumbnail(np.ascontiguousarray(a[::-1]))) > 0.99
+    assert q.pixel_match(t, q.thumbnail(np.ascontiguousarray(np.rot90(a)))) > 0.99
+    assert q.pixel_match(t, np.roll(t, 2, axis=1)) > 0.9
+    other = q.thumbnail(np.asarray(Image.open(QC / "ok_01.png")).astype(np.float32).mean(-1))
+    assert q.pixel_match(t, other) < 0.8
 
 
 def test_priority_blank_black_frames_are_too_dark_not_duplicates(tmp_path):
