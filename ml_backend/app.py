@@ -1,7 +1,7 @@
 """The ML backend Label Studio 1.23 calls: `/health`, `/setup`, `/predict`, `/webhook`.
 
 Same response shapes as Label Studio's own ML backends (label-studio-ml), on Flask 3. What
-LS sends and expects (measured on 1.23.2, /work/shared/ENVIRONMENT.md):
+LS sends and expects (measured on 1.23.2; see docs/architecture.md):
 
 * `GET /health` (1 s timeout, before every /setup) -> `{"status": "UP", "model_class": ...}`.
   Always open (no auth), never touches Redis or the disk.
@@ -33,7 +33,15 @@ Auth (optional, environment; /health stays open):
       default: the webhook LS creates for an ML backend carries no credentials (LS 1.23
       `create_ml_webhook` sets no headers), so requiring auth there would silently drop
       every training event unless the webhook's headers are set in LS.
-Other environment: SCOPELOOP_REFRESH_EVERY (default 1), SCOPELOOP_PREDICT_MAX_COMPUTE (512).
+Other environment: SCOPELOOP_REFRESH_EVERY (default 1), SCOPELOOP_PREDICT_MAX_COMPUTE (512),
+SCOPELOOP_BACKEND_MAX_BODY_MB (64).
+
+Input limits (bad input is a 4xx with a short message, never a 500): a body over
+SCOPELOOP_BACKEND_MAX_BODY_MB -> 413 naming the limit; JSON nested deeper than MAX_JSON_DEPTH
+-> 400; a project id of more than 18 digits -> 400; in /predict a task whose image key or URL
+is longer than the file system allows (255 bytes a name, 4096 a path) is ONE bad task (its own
+empty result and error entry) while the rest of the batch is predicted. No response or log
+line repeats more than a short prefix of an offending value.
 """
 from __future__ import annotations
 
@@ -42,10 +50,12 @@ import binascii
 import hmac
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -66,6 +76,62 @@ REDIS_BACKOFF_S = 5.0           # after a Redis failure, skip it for this long (
 LABEL_EVENTS = {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
                 "ANNOTATIONS_DELETED", "TASKS_DELETED"}
 REFRESH_EVENTS = {"START_TRAINING": "deep", "TASKS_CREATED": "quick"}
+MAX_JSON_DEPTH = 64             # LS's bodies nest < 10 deep
+MAX_ID_DIGITS = 18              # a Label Studio id fits in a 64-bit integer
+NAME_MAX, PATH_MAX = 255, 4096  # Linux file-name / path limits, in bytes
+ECHO_CHARS = 80                 # how much of an offending value a message repeats
+
+
+def short(value: Any, n: int = ECHO_CHARS) -> str:
+    """repr of `value`, cut to about `n` characters (saying how long it was)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= n:
+        return repr(value) if isinstance(value, str) else text
+    return f"{text[:n]!r}... ({len(text)} characters)"
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, [] or {} is 1), iteratively."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            depth = max(depth, d)
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return depth
+
+
+def bad_project_id(value: Any) -> str | None:
+    """Why a project id is unacceptable (too many digits), or None."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, str)):
+        digits = str(value).strip().split(".")[0] if isinstance(value, str) else str(abs(value))
+        if len(digits) > MAX_ID_DIGITS:
+            return f"project id {short(value, 24)} is not a Label Studio project id (at most {MAX_ID_DIGITS} digits)"
+    return None
+
+
+def bad_task(task: dict) -> str | None:
+    """Why a /predict task cannot name an image file (an over-long key or URL), or None."""
+    data = task.get("data")
+    if not isinstance(data, dict):
+        return None
+    for field_ in ("key", "image"):
+        v = data.get(field_)
+        if not isinstance(v, str):
+            continue
+        path = unquote(v) if field_ == "image" else v
+        parts = re.split(r"[/\\?=&]", path)
+        if len(path.encode("utf-8", "replace")) > PATH_MAX + 100 or any(len(x.encode("utf-8", "replace")) > NAME_MAX
+                                                                        for x in parts):
+            return (f"task {short(task.get('id'), 24)}: data.{field_} {short(v, 40)} is longer than a file "
+                    f"name may be ({NAME_MAX} bytes a name, {PATH_MAX} a path); not predicted")
+    return None
 
 
 def env_setting(name: str, default: str = "") -> str:
@@ -174,12 +240,22 @@ def _json_body() -> tuple[dict | None, Any]:
     raw = request.get_data(cache=True)
     if not raw or not raw.strip():
         return None, (jsonify(error="empty request body: expected a JSON object"), 400)
-    body = request.get_json(force=True, silent=True)
+    too_deep = (jsonify(error=f"JSON nested more than {MAX_JSON_DEPTH} levels deep: not a body Label Studio "
+                              "sends"), 400)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        return None, too_deep
     if body is None:
         return None, (jsonify(error="malformed JSON in request body: expected a JSON object "
                               "such as Label Studio sends"), 400)
     if not isinstance(body, dict):
         return None, (jsonify(error=f"request body must be a JSON object, got {type(body).__name__}"), 400)
+    if json_depth(body) > MAX_JSON_DEPTH:
+        return None, too_deep
+    problem = bad_project_id(body.get("project"))
+    if problem:
+        return None, (jsonify(error=problem), 400)
     return body, None
 
 
@@ -194,6 +270,8 @@ def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
         settings = load_settings()
     app = Flask(__name__)
     app.json.sort_keys = False
+    max_mb = float(env_setting("SCOPELOOP_BACKEND_MAX_BODY_MB", "64") or 64)
+    app.config["MAX_CONTENT_LENGTH"] = int(max_mb * 1024 * 1024)
     backend = Backend(
         settings=settings,
         index=ProjectIndex(settings.home),
@@ -223,12 +301,16 @@ def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException):
+        if e.code == 413:
+            return jsonify(error=f"413 request body too large: the limit is {max_mb:g} MB "
+                                 "(SCOPELOOP_BACKEND_MAX_BODY_MB); send fewer tasks per request"), 413
         return jsonify(error=f"{e.code} {e.name}: {e.description}"), e.code
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return jsonify(error=f"internal error in the scopeloop ML backend ({type(e).__name__}: {e}); "
+        log.error("unexpected error in %s %s: %s: %s", request.method, request.path[:200], type(e).__name__,
+                  str(e)[:300], exc_info=len(str(e)) <= 300)
+        return jsonify(error=f"internal error in the scopeloop ML backend ({type(e).__name__}: {str(e)[:200]}); "
                              "see the backend's log"), 500
 
     @app.get("/health")
@@ -244,10 +326,10 @@ def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
         ws = backend.index.find(body.get("project"))
         if ws is None:
             pid = parse_project_id(body.get("project"))
-            log.warning("/setup for Label Studio project %r: no work directory under %s/projects "
-                        "has this ls_project_id (yet)", body.get("project"), settings.home)
+            log.warning("/setup for Label Studio project %s: no work directory under %s/projects "
+                        "has this ls_project_id (yet)", short(body.get("project")), settings.home)
             return jsonify(model_version=UNTRAINED,
-                           warning=f"Label Studio project {pid if pid is not None else body.get('project')!r} "
+                           warning=f"Label Studio project {pid if pid is not None else short(body.get('project'))} "
                                    f"is not (yet) known to scopeloop: no project.json under "
                                    f"{settings.home}/projects has ls_project_id {pid}. "
                                    "Run `scopeloop init`; predictions start after it.")
@@ -274,11 +356,20 @@ def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
             project = tasks[0].get("project")
         ws = backend.index.find(project)
         if ws is None:
-            return jsonify(error=f"unknown project {project!r}: no project.json under "
+            return jsonify(error=f"unknown project {short(project)}: no project.json under "
                                  f"{settings.home}/projects has this ls_project_id; run `scopeloop "
                                  "init` (or check SCOPELOOP_HOME)"), 404
         t0 = time.perf_counter()
-        outcome = backend.predictor(ws).predict(tasks, body.get("label_config"))
+        bad = [bad_task(t) for t in tasks]
+        good = [t for t, b in zip(tasks, bad) if b is None]
+        outcome = backend.predictor(ws).predict(good, body.get("label_config"))
+        if len(good) < len(tasks):   # one bad task never fails the batch: its own empty item
+            it = iter(outcome.results)
+            empty = {"result": [], "score": 0.0, "model_version": outcome.model_version}
+            outcome.results = [dict(empty) if b else next(it) for b in bad]
+            outcome.errors = [b for b in bad if b] + outcome.errors
+            outcome.counts["empty"] = outcome.counts.get("empty", 0) + len(tasks) - len(good)
+        outcome.errors = [e if len(e) <= 300 else e[:300] + "..." for e in outcome.errors]
         log.info("/predict %s: %d task(s) in %.2f s %s", ws.root.name, len(tasks),
                  time.perf_counter() - t0, outcome.counts)
         return jsonify(outcome.as_response())
@@ -292,7 +383,7 @@ def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
         if not isinstance(action, str) or not action:
             return jsonify(error="webhook body has no 'action'"), 400
         if action not in LABEL_EVENTS and action not in REFRESH_EVENTS:
-            return jsonify(status="ignored", action=action)
+            return jsonify(status="ignored", action=action[:ECHO_CHARS])
         project = body.get("project")
         if project is None and isinstance(body.get("task"), dict):
             project = body["task"].get("project")
@@ -301,7 +392,7 @@ def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
         except Exception as e:  # an unreadable work dir must not fail the annotator's save
             log.exception("webhook %s: project lookup failed", action)
             return jsonify(status="error", action=action, queued=False,
-                           note=f"project lookup failed ({type(e).__name__}: {e})")
+                           note=f"project lookup failed ({type(e).__name__}: {str(e)[:200]})")
         if ws is None:
             return jsonify(status="unknown project", action=action,
                            error=f"unknown project {parse_project_id(project)!r}: no project.json "

@@ -24,7 +24,7 @@ from trainer.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-_ID_RE = re.compile(r"^\s*(\d+)(?:\.\d+)?\s*$")
+_ID_RE = re.compile(r"^\s*(\d{1,18})(?:\.\d{1,30})?\s*$")   # at most 18 digits: a 64-bit id
 
 
 def parse_project_id(value: Any) -> int | None:
@@ -38,9 +38,9 @@ def parse_project_id(value: Any) -> int | None:
     if isinstance(value, dict):
         return parse_project_id(value.get("id"))
     if isinstance(value, int):
-        return value if value >= 0 else None
+        return value if 0 <= value < 10 ** 18 else None
     if isinstance(value, float):
-        return int(value) if value >= 0 and value.is_integer() else None
+        return int(value) if 0 <= value < 1e18 and value.is_integer() else None
     if isinstance(value, str):
         m = _ID_RE.match(value)
         return int(m.group(1)) if m else None

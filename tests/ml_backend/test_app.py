@@ -192,6 +192,42 @@ def test_predict_one_result_per_task_in_order(client, project):
     assert client.post("/predict", json=predict_body(tasks[:2])).status_code == 200
 
 
+def test_input_limits_give_4xx_never_500(make_app, project, caplog, monkeypatch):
+    """Issue 11, failure 9: huge bodies, deep JSON, 10^6-digit ids, 10^6-character keys."""
+    monkeypatch.setenv("SCOPELOOP_BACKEND_MAX_BODY_MB", "1")
+    c = make_app().test_client()
+    keys = project["keys"]
+    # a body over the limit: 413 naming the limit
+    r = c.post("/predict", data=b"{" + b" " * (1024 * 1024 + 10) + b"}", content_type="application/json")
+    assert r.status_code == 413 and "1 MB" in r.get_json()["error"]
+    # JSON nested 100,000 deep (and 100 deep): 400
+    for depth in (100_000, 100):
+        r = c.post("/predict", data="[" * depth + "]" * depth, content_type="application/json")
+        assert r.status_code == 400, (depth, r.get_data(as_text=True)[:200])
+        r = c.post("/webhook", data='{"action": "ANNOTATION_CREATED", "x": ' + "[" * depth + "]" * depth + "}",
+                   content_type="application/json")
+        assert r.status_code == 400 and "nested" in r.get_json()["error"]
+    # a project id of 10^6 digits, in every form LS sends one
+    for project_value in ("1" * 10**6 + ".1732300000", "1" * 10**6, {"id": "9" * 40}):
+        for path in ("/setup", "/predict", "/webhook"):
+            body = {"project": project_value, "tasks": [], "action": "ANNOTATION_CREATED", "schema": lite_config()}
+            r = c.post(path, json=body)
+            assert r.status_code == 400, (path, r.status_code)
+            assert "at most 18 digits" in r.get_json()["error"] and len(r.get_data()) < 1000
+    # one task key of 10^6 characters: its own error, the others predicted, nothing echoed in bulk
+    monkeypatch.delenv("SCOPELOOP_BACKEND_MAX_BODY_MB")
+    c = make_app().test_client()
+    caplog.clear()
+    long_key = "Neutrophil/" + "x" * 10**6 + ".jpg"
+    tasks = [task(1, keys[0]), task(2, long_key), task(3, keys[1]), task(4, None, image="/data/local-files/?d=" + "y" * 5000)]
+    r = c.post("/predict", json=predict_body(tasks))
+    assert r.status_code == 200
+    body = r.get_json()
+    assert [bool(x["result"]) for x in body["results"]] == [True, False, True, False]
+    assert len(r.get_data()) < 20_000 and len(caplog.text) < 20_000
+    assert sum("longer than a file name may be" in e for e in body["errors"]) == 2
+
+
 def test_predict_cold_start(make_app, project, tmp_path):
     cold = Workspace(project["home"] / "projects" / "cold")
     cold.update_project(images_root=str(project["images"]), ls_project_id=8)

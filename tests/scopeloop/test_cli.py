@@ -1,5 +1,6 @@
 """The command line: help everywhere, and user mistakes as one clear line (exit 2), never a traceback."""
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -29,3 +30,18 @@ def test_user_errors_are_one_clear_line(tmp_path, argv, message):
                        cwd=tmp_path, timeout=120)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("argv", [["worker", "--burst"], ["demo", "--port", "1"], ["refresh", "--now"]])
+def test_plain_install_names_the_extra_at_first_use(tmp_path, argv):
+    """Issue 11, failure 10: without faiss (a plain `pip install .`), one line naming scopeloop[cpu]/[gpu]."""
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "faiss.py").write_text("raise ModuleNotFoundError(\"No module named 'faiss'\", name='faiss')\n")
+    env = {"SCOPELOOP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(stub),
+           "REDIS_URL": "redis://127.0.0.1:1/0"}
+    r = subprocess.run([sys.executable, "-m", "scopeloop.cli", *argv], capture_output=True, text=True, env=env,
+                       cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "scopeloop[cpu]" in r.stderr and "scopeloop[gpu]" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
