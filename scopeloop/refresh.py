@@ -7,10 +7,14 @@
 * deep: fine-tune the backbone (GPU when present), then re-embed everything in the new
   embedding space; on demand, from Label Studio's "Start training" button, and nightly.
 
-Safe promotion: the new model becomes `current` only if its validation macro-F1 is not worse
-than the current model's by more than `GATE_TOLERANCE`, both measured on the same validation
-images. The validation split is a function of each image's key (a hash), so it stays fixed
-while labels accumulate. A held-back model is kept as a candidate with the reason.
+Quality and safe promotion (trainer.estimate): the quick head is fit on every label; its
+quality is the k-fold cross-validated estimate (out-of-fold predictions, 95% interval, n, or
+"not enough labels yet"). The candidate replaces the current model unless it is worse with
+confidence: both recipes (the candidate's labels, the current model's stored training labels)
+are scored out-of-fold on the same images and folds, and the candidate is held back only when
+the paired bootstrap 95% interval of the macro-F1 difference lies wholly below -GATE_TOLERANCE,
+or when its training failed. A held-back model is kept as a candidate with the reason; only the
+last KEEP_CANDIDATES candidates are kept (every served version stays, for rollback).
 """
 from __future__ import annotations
 
@@ -33,7 +37,9 @@ RANK_BUDGET = int(os.environ.get("SCOPELOOP_RANK_BUDGET", "50"))
 # before the next refresh); small pools, deep and nightly refreshes push every unlabeled task.
 FULL_PUSH_MAX = int(os.environ.get("SCOPELOOP_FULL_PUSH_MAX", "1000"))
 QUICK_PUSH_TOP = int(os.environ.get("SCOPELOOP_QUICK_PUSH_TOP", "300"))
-VAL_SHARE = 5  # one image in five (by key hash) validates, when its class has enough labels
+VAL_SHARE = 5  # deep refresh: one image in five (by key hash) validates the fine-tune
+KEEP_CANDIDATES = int(os.environ.get("SCOPELOOP_KEEP_CANDIDATES", "3"))  # held-back versions kept
+TRAINING_LABELS = "training_labels.json"  # {image key: class} a version was trained on (the gate refits its recipe)
 
 
 def is_validation(key: str) -> bool:
@@ -49,12 +55,14 @@ def fixed_split(keys: list[str], labels: list[int]) -> tuple[list[int], list[int
     return [i for i in range(len(keys)) if i not in vs], val
 
 
-def _macro_f1(head, X, y, classes) -> float | None:
-    from trainer.metrics import classification_metrics
+def _link_or_copy(src, dst) -> None:
+    """Hard link (no extra disk) when on one file system, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
 
-    if len(y) == 0:
-        return None
-    return classification_metrics(y, head.predict_proba(X).argmax(1), classes)["macro_f1"]
+        shutil.copy2(src, dst)
 
 
 def _current_head(ws: Workspace):
@@ -162,7 +170,7 @@ class Refresher:
         outcome = {"kind": kind, "labels": len(lab_keys), "images": len(keys)}
         probs, version = None, self.ws.registry.current()
         if len(set(y)) >= 2:
-            version, probs, gate = self._train_and_gate(kind, lab_keys, y, emb[[row[k] for k in lab_keys]], emb)
+            version, probs, gate = self._train_and_gate(kind, lab_keys, y, emb[[row[k] for k in lab_keys]], emb, keys)
             outcome.update(gate)
         else:
             outcome["note"] = "fewer than 2 classes labeled: no model yet, cold-start order"
@@ -182,79 +190,181 @@ class Refresher:
             f.write(json.dumps(outcome) + "\n")
         return outcome
 
-    def _train_and_gate(self, kind, lab_keys, y, X, emb_all):
+    def _train_and_gate(self, kind, lab_keys, y, X, emb_all, all_keys=None):
+        """Fit the candidate on every label, estimate it out-of-fold, gate it against the current model.
+
+        The candidate and the current model are compared as *recipes* on the same images and
+        folds: for each fold, the candidate's labels and the current model's own training labels
+        (stored with it) each fit a head without that fold, and both predict the fold's images.
+        Scoring the served head itself on labeled images would be biased: it was trained on most
+        of them. Images whose label changed since the current model are left out of the
+        comparison (the two label sets disagree on the truth there). The candidate is held back
+        only when the paired bootstrap 95% interval of the macro-F1 difference lies wholly below
+        -GATE_TOLERANCE, or when training failed.
+        """
+        from trainer.estimate import FOLDS, assign_folds, cv_inflation, estimate, headline, out_of_fold_proba
         from trainer.head import fit_head
 
-        tr, va = fixed_split(lab_keys, y)
-        head = fit_head(X[tr], np.asarray(y)[tr], len(self.classes), X_val=X[va] if va else None,
-                        y_val=np.asarray(y)[va] if va else None)
-        new_f1 = _macro_f1(head, X[va], np.asarray(y)[va], self.classes)
-        cur_head, cur_space = _current_head(self.ws)
+        yv = np.asarray(y, dtype=int)
+        C = len(self.classes)
         space, _ = self.space()
-        cur_f1 = None
-        if cur_head is not None and va:
-            if cur_space == space:
-                cur_f1 = _macro_f1(cur_head, X[va], np.asarray(y)[va], self.classes)
-            else:  # the current model lives in another embedding space: score it there
-                ck, ce = self.ws.embeddings(cur_space).load()
-                crow = {k: i for i, k in enumerate(ck)}
-                vk = [lab_keys[i] for i in va if lab_keys[i] in crow]
-                if vk:
-                    cur_f1 = _macro_f1(cur_head, ce[[crow[k] for k in vk]],
-                                       np.asarray([y[lab_keys.index(k)] for k in vk]), self.classes)
-        if cur_head is None:
+        cur_head, cur_space = _current_head(self.ws)
+        folds = assign_folds(yv, FOLDS)
+        k = int(folds.max()) + 1
+        judged = self._judgeable(lab_keys)
+        try:
+            head = fit_head(X, yv, C, seed=0)
+            if not np.isfinite(head.predict_proba(X[:1])).all():
+                raise ValueError("the head predicts non-finite probabilities")
+            oof = out_of_fold_proba(X, yv, C, folds, seed=0)
+        except Exception as exc:  # held back: keep serving what is served
+            reason = f"held back: training failed ({type(exc).__name__}: {exc})"
+            self.log(reason)
+            version, probs = self._serve_current(emb_all, cur_head, cur_space, space, None)
+            return version, probs, {"candidate": None, "promoted": False, "gate": reason}
+        ok = judged & ~np.isnan(oof[:, 0])
+        pred = np.nan_to_num(oof, nan=-1.0).argmax(1)
+        counts = {c: int((yv == i).sum()) for i, c in enumerate(self.classes)}
+        method = f"{k}-fold cross-validation" + ("" if judged.all() else
+                                                 f" on the {int(judged.sum())} images the fine-tuned backbone did not train on")
+        est = estimate(yv[ok], pred[ok], self.classes, labeled_counts=counts, method=method, inflation=cv_inflation(k))
+        cmp = None
+        if self.ws.registry.current() is None:
             promote, reason = True, "first model"
-        elif new_f1 is None or cur_f1 is None:
-            promote, reason = True, "no validation images yet: promoted without comparison"
-        elif new_f1 >= cur_f1 - GATE_TOLERANCE:
-            promote, reason = True, f"validation macro-F1 {new_f1:.3f} vs current {cur_f1:.3f} (tolerance {GATE_TOLERANCE})"
         else:
-            promote, reason = False, f"held back: validation macro-F1 {new_f1:.3f} < current {cur_f1:.3f} - {GATE_TOLERANCE}"
-        version = self._save(kind, head, lab_keys, X, y, tr, va, promote, reason, new_f1, cur_f1)
-        self.log(f"model {version}: {reason}")
+            cmp = self._compare_with_current(lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all, k)
+            if cmp is None:
+                promote, reason = True, "promoted without comparison: the current model has no record of its training labels"
+            elif not cmp["n"]:
+                promote, reason = True, "promoted: no labeled image both models could be judged on yet"
+            else:
+                words = (f"macro-F1 {cmp['a']:.3f} vs current {cmp['b']:.3f} on the same {cmp['n']} images, out-of-fold "
+                         f"(difference {cmp['diff']:+.3f}, 95% interval {cmp['low']:+.3f} to {cmp['high']:+.3f})")
+                if cmp["high"] < -GATE_TOLERANCE:
+                    promote, reason = False, f"held back: worse with confidence, {words} lies wholly below -{GATE_TOLERANCE}"
+                else:
+                    promote, reason = True, f"promoted: {words}; held back only if wholly below -{GATE_TOLERANCE}"
+        version, pruned = self._save(kind, head, lab_keys, X, yv, promote, reason, est, ok, pred, cmp)
+        self.log(f"model {version}: {reason}" + (f"; pruned held-back candidates {', '.join(pruned)}" if pruned else ""))
         if promote:
             probs = head.predict_proba(emb_all)
         else:  # keep serving the current model
-            version = self.ws.registry.current()
-            probs = cur_head.predict_proba(emb_all) if cur_space == space else None
-            if probs is None:
-                cached = self.ws.load_predictions(version)
-                probs = cached["probs"] if cached is not None and len(cached["probs"]) == len(emb_all) else head.predict_proba(emb_all)
-        return version, probs, {"candidate": version if promote else None, "promoted": promote,
-                                "gate": reason, "val_macro_f1": new_f1, "current_val_macro_f1": cur_f1}
+            version, probs = self._serve_current(emb_all, cur_head, cur_space, space, head)
+        return version, probs, {"candidate": version if promote else None, "promoted": promote, "gate": reason,
+                                "estimate": headline(est), "comparison": cmp, "pruned": pruned}
 
-    def _save(self, kind, head, lab_keys, X, y, tr, va, promote, reason, new_f1, cur_f1) -> str:
-        """Publish the candidate; X are the embeddings of `lab_keys` (rows as in y)."""
+    def _serve_current(self, emb_all, cur_head, cur_space, space, fallback):
+        """(current version, its probabilities for every image) when a candidate is not promoted."""
+        version = self.ws.registry.current()
+        probs = cur_head.predict_proba(emb_all) if cur_head is not None and cur_space == space else None
+        if probs is None:
+            cached = self.ws.load_predictions(version) if version else None
+            if cached is not None and len(cached["probs"]) == len(emb_all):
+                probs = cached["probs"]
+            elif fallback is not None:
+                probs = fallback.predict_proba(emb_all)
+        return version, probs
+
+    def _judgeable(self, lab_keys) -> np.ndarray:
+        """Images an out-of-fold estimate may judge: not those a fine-tuned backbone trained on
+        (its embeddings already encode their labels, out-of-fold heads would look too good)."""
+        ft = self.ws.project.get("finetuned_backbone")
+        seen = set(read_json(Path(ft).with_suffix(".keys.json"), [])) if ft else set()
+        return np.array([k not in seen for k in lab_keys], dtype=bool)
+
+    def _compare_with_current(self, lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all, k):
+        """Paired out-of-fold comparison of the candidate with the current model's recipe (see
+        `_train_and_gate`); None when the current model has no stored training labels."""
+        from trainer.estimate import cv_inflation, out_of_fold_proba, paired_difference
+
+        cur = self.ws.registry.current()
+        old = {key: self.classes.index(c) for key, c in self.ws.registry.read_json(cur, TRAINING_LABELS).items()
+               if c in self.classes}
+        if not old:
+            return None
+        if cur_space == space:
+            keys, E = (all_keys, emb_all) if all_keys is not None else (lab_keys, X)
+        else:  # the current model lives in another embedding space: its recipe runs there
+            keys, E = self.ws.embeddings(cur_space).load()
+            if E is None:
+                return None
+        row = {key: i for i, key in enumerate(keys)}
+        pos = {key: i for i, key in enumerate(lab_keys)}
+        new = dict(zip(lab_keys, yv.tolist()))
+        ev = np.flatnonzero(ok & np.array([key in row and old.get(key, lbl) == lbl for key, lbl in new.items()], dtype=bool))
+        if cur_space == space and old == new:  # same labels, same space: the same recipe, the same predictions
+            p_cur = oof[ev]
+        else:
+            tr = [key for key in sorted(old) if key in row]
+            p_cur = out_of_fold_proba(E[[row[key] for key in tr]], [old[key] for key in tr], len(self.classes),
+                                      np.array([folds[pos[key]] if key in pos else -1 for key in tr]), seed=0,
+                                      X_eval=E[[row[lab_keys[i]] for i in ev]], y_eval=yv[ev], eval_folds=folds[ev])
+        keep = ~np.isnan(p_cur[:, 0])
+        rows = ev[keep]
+        return paired_difference(yv[rows], oof[rows].argmax(1), p_cur[keep].argmax(1), len(self.classes),
+                                 inflation=cv_inflation(k))
+
+    def _save(self, kind, head, lab_keys, X, y, promote, reason, est, ok, pred, cmp) -> tuple[str, list[str]]:
+        """Publish the candidate (X: embeddings of `lab_keys`, rows as in y; ok/pred: its
+        out-of-fold judgement); returns (version, held-back candidates pruned)."""
+        from types import SimpleNamespace
+
+        from trainer.estimate import headline
         from trainer.metrics import classification_metrics, write_qc
-        from trainer.model import Classifier, ModelConfig, ScopeModel
+        from trainer.model import ScopeModel
         from trainer.ood import build_reference
 
         space, weights_file = self.space()
-        backbone, pre, source = self._backbone(weights_file)
-        cfg = ModelConfig(self.classes, self.model_cfg["backbone"], self.model_cfg.get("weights", "imagenet"),
-                          self.model_cfg["image_size"], self.model_cfg.get("channels"), list(pre.mean), list(pre.std), source)
-        net = Classifier(backbone, len(self.classes))
-        net.head = head.to_linear()
-        model = ScopeModel(cfg, net, backbone_finetuned=weights_file is not None)
+        cfg = self._model_config(weights_file)
+        source = cfg.weights_source
+        # only the head is written; a fine-tuned backbone is linked, not copied: every quick
+        # version of one deep refresh shares its file, so a quick refresh costs the head (plus
+        # QC files and the OOD reference), not 18 MB of backbone weights
+        model = ScopeModel(cfg, SimpleNamespace(head=head.to_linear()), backbone_finetuned=False)
         yv = np.asarray(y)
         metrics = {
-            "validation": classification_metrics(yv[va], head.predict_proba(X[va]).argmax(1), self.classes) if va else {"n": 0},
-            "counts": {"train": {c: int((yv[tr] == i).sum()) for i, c in enumerate(self.classes)},
-                       "validation": {c: int((yv[va] == i).sum()) for i, c in enumerate(self.classes)}},
-            "gate": {"promoted": promote, "reason": reason, "val_macro_f1": new_f1, "current_val_macro_f1": cur_f1},
+            "estimate": est,
+            "validation": dict(classification_metrics(yv[ok], pred[ok], self.classes), method=est["method"]) if ok.any() else {"n": 0},
+            "counts": {"train": {c: int((yv == i).sum()) for i, c in enumerate(self.classes)},
+                       "evaluated": {c: int((yv[ok] == i).sum()) for i, c in enumerate(self.classes)}},
+            "gate": {"promoted": promote, "reason": reason, "comparison": cmp},
             "labels": len(lab_keys),
         }
         reg = self.ws.registry
         with reg.staging() as tmp:
             model.save(tmp)
-            write_qc(tmp, metrics, head.history, head.best_epoch)
+            if weights_file is not None:
+                _link_or_copy(weights_file, tmp / "backbone.pt")
+            write_qc(tmp, metrics, getattr(head, "history", []) or [], getattr(head, "best_epoch", None))
             build_reference(X, yv).save(tmp)  # for out-of-distribution flags
+            write_json_atomic(tmp / TRAINING_LABELS, {key: self.classes[int(c)] for key, c in zip(lab_keys, yv)})
             write_json_atomic(tmp / "provenance.json", {
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": kind, "embedding_space": space,
                 "weights_source": source, "device": str(self._torch_device()), "labels": len(lab_keys),
-                "validation_keys": [lab_keys[i] for i in va], "promoted": promote, "reason": reason,
+                "promoted": promote, "reason": reason, "estimate": headline(est),
             })
-            return reg.publish(tmp, make_current=promote, reason=reason)
+            record = {"kind": kind, "labels": len(lab_keys), "reason": reason,
+                      "estimate": {k: est[k] for k in ("method", "n", "n_labeled", "enough", "why_not", "fix", "metrics")}}
+            version = reg.publish(tmp, make_current=promote, reason=reason, record=record)
+        return version, reg.prune_candidates(KEEP_CANDIDATES)
+
+    def _model_config(self, weights_file):
+        """The ModelConfig of a new version: the current version's when it used the same backbone
+        and weights (no need to build the network to learn its normalisation), else from the backbone."""
+        from trainer.model import ModelConfig
+
+        source = f"file {weights_file}" if weights_file else None
+        path = self.ws.registry.current_path()
+        if path is not None:
+            cur = read_json(path / "config.json", {})
+            same = all(cur.get(k) == self.model_cfg.get(k, d) for k, d in
+                       (("backbone", None), ("weights", "imagenet"), ("image_size", None), ("channels", None)))
+            if same and cur.get("weights_source") and (source is None) == (not (path / "backbone.pt").is_file()) \
+                    and (source is None or cur["weights_source"] == source):
+                return ModelConfig(**dict(cur, classes=list(self.classes)))
+        _, pre, src = self._backbone(weights_file)
+        return ModelConfig(self.classes, self.model_cfg["backbone"], self.model_cfg.get("weights", "imagenet"),
+                           self.model_cfg["image_size"], self.model_cfg.get("channels"), list(pre.mean), list(pre.std), src)
 
     def _deep_finetune(self, labels: dict) -> None:
         """Fine-tune the backbone on all labels; the fine-tuned backbone defines a new space."""
@@ -266,7 +376,8 @@ class Refresher:
                           mode="full", image_size=self.model_cfg["image_size"], channels=self.model_cfg.get("channels"),
                           epochs=int(os.environ.get("SCOPELOOP_DEEP_EPOCHS", "10")), device=self.device)
         y = [self.classes.index(labels[k]) for k in keys]
-        res = train([root / k for k in keys], [labels[k] for k in keys], self.classes, cfg, split=fixed_split(keys, y))
+        split = fixed_split(keys, y)
+        res = train([root / k for k in keys], [labels[k] for k in keys], self.classes, cfg, split=split)
         import torch
 
         out = self.ws.root / "backbones"
@@ -275,6 +386,8 @@ class Refresher:
         path = out / f"backbone-{stamp}.pt"
         tmp = path.with_suffix(".tmp")
         torch.save(res.model.net.backbone.state_dict(), tmp)
+        # the images this backbone learned from: quality estimates in its space leave them out
+        write_json_atomic(path.with_suffix(".keys.json"), [keys[i] for i in split[0]])
         os.replace(tmp, path)
         self.ws.update_project(finetuned_backbone=str(path), finetuned_version=stamp,
                                last_deep={"labels": len(keys), "metrics": res.metrics.get("validation", {}).get("macro_f1"),

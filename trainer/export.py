@@ -425,17 +425,24 @@ def model_card(folder: Path, model, ood, ts_diff) -> str:
         return json.loads(p.read_text()) if p.is_file() else {}
 
     cfg, metrics, hist, prov = model.config, load("metrics.json"), load("history.json"), load("provenance.json")
+    from trainer.estimate import from_metrics, headline
+
     counts = metrics.get("counts", {})
-    tr, va = counts.get("train", {}), counts.get("validation", {})
-    val = metrics.get("validation") or {}
-    per = val.get("per_class", {})
-    rows = [[c, tr.get(c, "?"), va.get(c, "?"), *(f"{per[c][m]:.2f}" if c in per else "-" for m in ("precision", "recall", "f1"))]
-            for c in cfg.classes]
+    tr, va = counts.get("train", {}), counts.get("validation", counts.get("evaluated", {}))
+    est = from_metrics(metrics)  # the same estimator as status and the report
+    per = (est or {}).get("per_class", {})
+
+    def cells(c):
+        r = per.get(c)
+        if not r or not r["evaluated"]:
+            return ["no evaluated images", "", ""]
+        return [f"{r['precision']:.2f}", f"{r['recall']:.2f} ({r['recall_low']:.2f}-{r['recall_high']:.2f})", f"{r['f1']:.2f}"]
+
+    rows = [[c, tr.get(c, "?"), va.get(c, "?"), *cells(c)] for c in cfg.classes]
     epochs = hist.get("epochs", [])
     kept = next((e for e in epochs if e.get("epoch") == hist.get("best_epoch")), epochs[-1] if epochs else {})
     tc = prov.get("train_config", {})
-    scores = (f"accuracy {val['accuracy']:.3f}, balanced accuracy {val['balanced_accuracy']:.3f}, macro-F1 "
-              f"{val['macro_f1']:.3f} on {val['n']} validation images") if val.get("n") else "no validation images"
+    scores = headline(est)
     rare = [c for c in cfg.classes if (tr.get(c, 0) or 0) + (va.get(c, 0) or 0) < 10]
     parts = [
         f"# Model card: {', '.join(cfg.classes)} classifier",
@@ -444,8 +451,9 @@ def model_card(folder: Path, model, ood, ts_diff) -> str:
         f"mode `{tc.get('mode', '?')}` on {prov.get('device', '?')} ({prov.get('seconds', '?')} s)"
         + (f"; data from `{prov['source']}`." if prov.get("source") else "."),
         "## Data (labeled images per class)",
-        _table(["class", "train", "validation", "precision", "recall", "F1"], rows),
-        f"Validation: {scores}. Skipped unreadable images: {counts.get('skipped_images', 0)}.",
+        _table(["class", "train", "validation" if "validation" in counts else "evaluated (out-of-fold)",
+                "precision", "recall (95% interval)", "F1"], rows),
+        f"Quality: {scores}. Skipped unreadable images: {counts.get('skipped_images', 0)}.",
         "## Training history",
         f"{len(epochs)} rounds/epochs; kept {hist.get('best_epoch')}: training loss {_num(kept.get('train_loss'))}, "
         f"validation loss {_num(kept.get('val_loss'))}. See loss_curves.png and confusion_matrix.png.",
@@ -462,7 +470,8 @@ def model_card(folder: Path, model, ood, ts_diff) -> str:
                               if ood is not None else "No out-of-distribution reference is stored with this model.") + "\n"
         "- Predictions with confidence below 0.5 are flagged `low_confidence`: review them.\n"
         + (f"- Few labeled images (<10) for: {', '.join(rare)}: their scores are uncertain.\n" if rare else "")
-        + "- Validation images come from the same labeling project (not an independent test set).",
+        + "- Quality is measured on images from the same labeling project (not an independent test set); "
+        "a cross-validated estimate judges each image by a model that did not train on it.",
     ]
     return "\n\n".join(parts) + "\n"
 

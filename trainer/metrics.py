@@ -107,20 +107,26 @@ def write_qc(folder, metrics: dict, history: list[dict], best_epoch: int | None)
 
 
 def qc_summary(metrics: dict) -> str:
-    """A few lines a biologist reads: overall scores, then the weakest classes first."""
-    val = metrics.get("validation") or {}
+    """A few lines a biologist reads: the quality estimate (trainer.estimate: interval and n, or
+    "not enough labels yet"), then the weakest classes first."""
     dropped = metrics.get("dropped_classes") or {}
     warn = ("WARNING: class(es) dropped from this model, no readable image: "
             + ", ".join(f"{c} ({d.get('listed', 0)} listed, 0 readable)" for c, d in dropped.items())) if dropped else ""
-    if not val.get("n"):
-        return "\n".join(filter(None, [warn, "no validation images (too few labels per class): metrics not available yet"]))
+    from trainer.estimate import from_metrics, headline
+
+    est = from_metrics(metrics)
     lines = [warn] if warn else []
-    lines += [
-        f"validation images: {val['n']}",
-        f"accuracy {val['accuracy']:.3f} | balanced accuracy {val['balanced_accuracy']:.3f} | macro-F1 {val['macro_f1']:.3f}",
-        "per class (weakest first):",
-    ]
-    per = sorted(val["per_class"].items(), key=lambda kv: kv[1]["f1"])
+    if est is None:
+        return "\n".join(lines + ["no validation images (too few labels per class): quality not estimated yet"])
+    lines.append(f"quality: {headline(est)}")
+    lines.append("per class (weakest first):" if est["enough"] else "per class (labeled / evaluated images):")
+    per = sorted(est["per_class"].items(), key=lambda kv: (kv[1]["f1"] is None, kv[1]["f1"] or 0.0))
     for c, m in per:
-        lines.append(f"  {c:<20} F1 {m['f1']:.2f}  precision {m['precision']:.2f}  recall {m['recall']:.2f}  (n={m['support']})")
+        if not m["evaluated"] or not est["enough"]:
+            what = "no labeled images yet" if not m["labeled"] else (
+                "no evaluated images" if not m["evaluated"] else "scores not shown until there are enough labels")
+            lines.append(f"  {c:<20} {what}  (labeled {m['labeled']}, evaluated {m['evaluated']})")
+        else:
+            lines.append(f"  {c:<20} F1 {m['f1']:.2f}  precision {m['precision']:.2f}  recall {m['recall']:.2f} "
+                         f"({m['recall_low']:.2f}-{m['recall_high']:.2f})  (n={m['evaluated']})")
     return "\n".join(lines)

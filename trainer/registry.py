@@ -3,6 +3,11 @@
 <root>/versions/NNN/   one folder per trained model (weights, label map, config, metrics, ...)
 <root>/current         text file: the version being served
 <root>/promotions.jsonl the history of `current` switches (for rollback and the report)
+<root>/versions.jsonl   one line per published version (labels, quality estimate, promoted or
+                        held back): the learning curve outlives pruned candidates
+
+Held-back candidates are pruned (`prune_candidates`): the last few are kept for inspection,
+every version that was ever served is kept for rollback.
 
 A version is written completely in a temporary folder next to `versions/` and then renamed
 into place: rename is atomic on one file system, so a reader sees a whole version or none.
@@ -55,6 +60,13 @@ class ModelRegistry:
         p = self.path(version) / name
         return json.loads(p.read_text()) if p.is_file() else {}
 
+    def version_log(self) -> list[dict]:
+        """One record per published version, oldest first (pruned versions included)."""
+        p = self.root / "versions.jsonl"
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
     def history(self) -> list[dict]:
         p = self.root / "promotions.jsonl"
         if not p.is_file():
@@ -72,14 +84,16 @@ class ModelRegistry:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def publish(self, staged: Path, make_current: bool = True, reason: str = "") -> str:
-        """Move a fully written staging folder into versions/NNN atomically; return NNN."""
+    def publish(self, staged: Path, make_current: bool = True, reason: str = "", record: dict | None = None) -> str:
+        """Move a fully written staging folder into versions/NNN atomically; return NNN.
+
+        `record` (JSON-able) is appended to versions.jsonl with the version number."""
         staged = Path(staged)
         if not any(staged.iterdir()):
             raise RegistryError("refusing to publish an empty model folder")
         for _ in range(1000):
-            existing = self.versions()
-            n = int(existing[-1]) + 1 if existing else 1
+            existing = self.versions() + [r["version"] for r in self.version_log()[-1:]]  # pruned numbers stay used
+            n = max(map(int, existing)) + 1 if existing else 1
             target = self.versions_dir / f"{n:03d}"
             try:
                 os.rename(staged, target)
@@ -88,9 +102,29 @@ class ModelRegistry:
                 time.sleep(0.01)
         else:
             raise RegistryError("could not allocate a version number")
+        if record is not None:
+            with open(self.root / "versions.jsonl", "a") as f:
+                f.write(json.dumps(dict(record, version=target.name, time=time.time(), promoted=make_current)) + "\n")
         if make_current:
             self.set_current(target.name, reason or "published")
         return target.name
+
+    def prune_candidates(self, keep: int = 3) -> list[str]:
+        """Delete held-back candidates but the newest `keep`; never a version that was ever served.
+
+        Returns the deleted version numbers. Call it under the project's lock (the refresh
+        holds it): a candidate is then never being promoted while it is deleted."""
+        served = {h["version"] for h in self.history()} | {self.current()}
+        candidates = [v for v in self.versions() if v not in served]
+        doomed = candidates[:-keep] if keep > 0 else candidates
+        for v in doomed:
+            trash = self.root / f".pruned-{v}-{os.getpid()}"
+            try:
+                os.rename(self.versions_dir / v, trash)  # gone from versions() at once, atomically
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+        return doomed
 
     def set_current(self, version: str, reason: str = "set by user") -> None:
         self.path(version)
@@ -113,7 +147,7 @@ class ModelRegistry:
     def clean_stale_staging(self, older_than_s: float = 3600) -> int:
         """Remove staging folders left by killed trainings (never visible as versions)."""
         n = 0
-        for p in self.root.glob(".staging-*"):
+        for p in [*self.root.glob(".staging-*"), *self.root.glob(".pruned-*")]:
             if time.time() - p.stat().st_mtime > older_than_s:
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1

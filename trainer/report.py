@@ -110,18 +110,35 @@ def _bar_per_class(per_class: dict) -> bytes:
 
 
 def _learning_curve(points: list[dict]) -> bytes:
+    """Cross-validated macro-F1 (95% interval band) of every version against its number of labels;
+    promoted versions filled blue, held-back ones hollow red, versions with too few labels as grey
+    ticks at the bottom (no score is drawn for them)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    n = [p["n_labels"] for p in points]
-    for key, style, name in [("macro_f1", "o-", "macro-F1"), ("balanced_accuracy", "s--", "balanced accuracy")]:
-        ax.plot(n, [p[key] for p in points], style, label=name)
-    for p in points:
-        ax.annotate(p["version"], (p["n_labels"], p["macro_f1"]), textcoords="offset points", xytext=(3, 5), fontsize=8)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    est = [p for p in points if p["enough"]]
+    prom = [p for p in est if p["promoted"]]
+    if prom:
+        x = [p["n_labels"] for p in prom]
+        ax.fill_between(x, [p["low"] for p in prom], [p["high"] for p in prom], color="#3b7dd8", alpha=0.18, lw=0,
+                        label="95% interval (served versions)")
+        ax.plot(x, [p["value"] for p in prom], "o-", color="#3b7dd8", label="served (promoted)")
+    held = [p for p in est if not p["promoted"]]
+    if held:
+        ax.errorbar([p["n_labels"] for p in held], [p["value"] for p in held],
+                    yerr=[[p["value"] - p["low"] for p in held], [p["high"] - p["value"] for p in held]],
+                    fmt="o", mfc="white", color="#c0392b", capsize=3, label="held back (95% interval)")
+    few = [p for p in points if not p["enough"]]
+    if few:
+        ax.plot([p["n_labels"] for p in few], [0.02] * len(few), "|", color="#888888", ms=14, mew=2,
+                label="not enough labels yet to estimate")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("number of labeled images when the model was trained")
-    ax.set_ylabel("validation score")
-    ax.set_title("This project's learning curve (one point per model version)")
-    ax.legend(frameon=False, loc="lower right")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    ax.set_xlabel("number of labeled images the version was trained on")
+    ax.set_ylabel("macro-F1 (cross-validated)")
+    ax.set_title("Learning curve: one point per model version")
+    ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -269,9 +286,14 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
         body.append('<p class="note big">No model has been trained yet: label a few images of each class first.</p>')
     else:
         # scores, learning, confusion ------------------------------------------
-        if val.get("n"):
-            body.append(f'<p class="big">Validation ({val["n"]} images): balanced accuracy <b>{val["balanced_accuracy"]:.2f}</b> '
-                        f'&middot; macro-F1 <b>{val["macro_f1"]:.2f}</b> &middot; accuracy {val["accuracy"]:.2f}</p>')
+        from trainer.estimate import from_metrics, headline
+
+        est = from_metrics(metrics)
+        summary["headline"] = headline(est)
+        summary["enough"] = bool(est and est.get("enough"))
+        cls = "big" if summary["enough"] else "big note"
+        body.append(f'<p id="headline" class="{cls}">Quality of model {html.escape(version)}: '
+                    f"<b>{html.escape(summary['headline'])}</b></p>")
         reg.path(version)  # a clear error for an unknown version
         hist = reg.read_json(version, "history.json")
         with _tmpdir() as tmp:
@@ -282,20 +304,29 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
                             "again while training loss keeps falling means overfitting (the kept round is marked)."))
                 summary["sections"].append("loss")
             if val.get("n"):
-                img = plot_confusion(val["confusion_matrix"], val["classes"], tmp / "cm.png").read_bytes()
+                how = (est or {}).get("method", "validation images")
+                img = plot_confusion(val["confusion_matrix"], val["classes"], tmp / "cm.png",
+                                     title=f"True vs predicted ({how}, {val['n']} images)").read_bytes()
                 body.append("<h2>Confusions</h2>" + _fig("fig-confusion", _img(img, "confusion matrix"),
-                            "Rows: the annotators' class; columns: the model's. Off-diagonal cells are mistakes; colour is "
-                            "the share of the row."))
-                body.append("<h2>Per class</h2>" + _fig("fig-per-class", _img(_bar_per_class(val["per_class"]), "per class scores"),
+                            "Rows: the annotators' class; columns: the model's, each image judged by a model that did not "
+                            "train on it. Off-diagonal cells are mistakes; colour is the share of the row."))
+                judged = {c: m for c, m in val["per_class"].items() if m["support"]}
+                fig = (_fig("fig-per-class", _img(_bar_per_class(judged), "per class scores"),
                             "Precision: when the model says this class, how often it is right. Recall: of the cells of this "
-                            "class, how many it finds. F1 combines both.") + _per_class_table(val["per_class"]))
+                            "class, how many it finds. F1 combines both. Classes without evaluated images are not drawn.")
+                       if summary["enough"] else
+                       '<p id="fig-per-class" class="note">Per-class scores are not drawn yet: not enough labels to '
+                       "estimate them (see the table for counts).</p>")
+                body.append("<h2>Per class</h2>" + fig + (_estimate_table(est) if est else _per_class_table(val["per_class"])))
                 summary["sections"] += ["confusion", "per-class"]
         points = _versions(reg)
         if points:
+            summary["learning_curve"] = points
             body.append("<h2>Learning curve</h2>" + _fig("fig-learning-curve", _img(_learning_curve(points), "learning curve"),
-                        "Validation scores of every model version against the number of labels it was trained on. "
-                        "Still rising: more labels help. Flat: labels now add little (validation sets differ a little "
-                        "between versions, so small wiggles are noise)."))
+                        "Cross-validated macro-F1 of every model version (the band: 95% interval) against the number of "
+                        "labels it was trained on; held-back versions in red. Still rising: more labels help. Flat: "
+                        "labels now add little. Versions with too few labels to estimate are ticks at the bottom.")
+                        + _versions_table(points))
             summary["sections"].append("learning-curve")
 
     # images to look at -------------------------------------------------------
@@ -336,29 +367,86 @@ def _per_class_table(per: dict) -> str:
 
 
 def _versions(reg) -> list[dict]:
-    points = []
+    """One learning-curve point per version: the registry's version log (pruned candidates
+    included), then versions published without a log line (e.g. `scopeloop train`), from their
+    metrics through the same estimator."""
+    from trainer.estimate import from_metrics
+
+    served = {h["version"] for h in reg.history()} | {reg.current()}
+    points, logged = [], set()
+
+    def point(version, n_labels, est, promoted):
+        m = (est or {}).get("metrics", {}).get("macro_f1") or {}
+        return {"version": version, "n_labels": int(n_labels), "promoted": bool(promoted),
+                "enough": bool(est and est.get("enough")), "n": (est or {}).get("n", 0),
+                "value": m.get("value"), "low": m.get("low"), "high": m.get("high"),
+                "text": _estimate_text(est)}
+
+    for r in reg.version_log():
+        logged.add(r["version"])
+        points.append(point(r["version"], r.get("labels", 0), r.get("estimate"), r["version"] in served or r.get("promoted")))
     for v in reg.versions():
+        if v in logged:
+            continue
         m = reg.read_json(v, "metrics.json")
-        val, counts = m.get("validation") or {}, m.get("counts") or {}
-        n = sum((counts.get("train") or {}).values()) + sum((counts.get("validation") or {}).values())
-        if val.get("n"):
-            points.append({"version": v, "n_labels": n, "macro_f1": val["macro_f1"], "balanced_accuracy": val["balanced_accuracy"]})
+        est = from_metrics(m)
+        counts = m.get("counts") or {}
+        n = m.get("labels") or sum((counts.get("train") or {}).values()) + sum((counts.get("validation") or {}).values())
+        points.append(point(v, n, est, v in served))
     return sorted(points, key=lambda p: (p["n_labels"], p["version"]))
 
 
+def _estimate_text(est) -> str:
+    from trainer.estimate import headline
+
+    return headline(est) if est else "no estimate"
+
+
+def _versions_table(points: list[dict]) -> str:
+    rows = "".join(f'<tr class="{"promoted" if p["promoted"] else "held-back"}"><td>{html.escape(p["version"])}</td>'
+                   f'<td>{p["n_labels"]}</td><td>{"served" if p["promoted"] else "held back"}</td>'
+                   f'<td style="text-align:left">{html.escape(p["text"])}</td></tr>' for p in points)
+    return ('<table id="table-learning-curve"><tr><th>version</th><th>labels</th><th>status</th><th>quality estimate '
+            f"(95% interval, n)</th></tr>{rows}</table>")
+
+
+def _estimate_table(est: dict) -> str:
+    """Per class: scores from the estimate, or why there are none (never a 0.00 for no images)."""
+    rows = []
+    for c, r in est["per_class"].items():
+        if not r["evaluated"] or not est["enough"]:
+            why = ("no labeled images yet" if not r["labeled"] else f"no evaluated images ({r['labeled']} labeled)"
+                   if not r["evaluated"] else "not estimated yet: not enough labels")
+            rows.append(f'<tr><td>{html.escape(c)}</td><td colspan="4" class="note" style="text-align:left">{why}</td>'
+                        f"<td>{r['labeled']}</td></tr>")
+        else:
+            rows.append(f"<tr><td>{html.escape(c)}</td><td>{r['precision']:.2f}</td><td>{r['recall']:.2f} "
+                        f"({r['recall_low']:.2f}-{r['recall_high']:.2f})</td><td>{r['f1']:.2f}</td><td>{r['evaluated']}</td>"
+                        f"<td>{r['labeled']}</td></tr>")
+    return ('<table id="table-per-class"><tr><th>class</th><th>precision</th><th>recall (95% interval)</th><th>F1</th>'
+            f'<th>images evaluated</th><th>labeled</th></tr>{"".join(rows)}</table>')
+
+
+UNSURE_MARGIN = 0.5  # top-1 minus top-2 probability below this: the model hesitates
+
+
 def _uncertain_section(preds, tasks, images_root, k) -> str:
+    """Unlabeled images the model hesitates on (margin < UNSURE_MARGIN), most hesitant first;
+    never labeled images, never confident ones padded in to fill the row."""
     keys, probs = preds["keys"].tolist(), preds["probs"]
     pcls = [str(c) for c in preds["classes"]]
     top = np.sort(probs, 1)
     margin = top[:, -1] - (top[:, -2] if probs.shape[1] > 1 else 0)
-    pool = [i for i in np.argsort(margin, kind="stable") if keys[i] not in tasks] or list(np.argsort(margin, kind="stable"))
+    unl = [i for i in np.argsort(margin, kind="stable") if keys[i] not in tasks]
+    pool = [i for i in unl if margin[i] < UNSURE_MARGIN]
     items = []
     for i in pool[:k]:
         a, b = np.argsort(probs[i])[::-1][:2]
         items.append({"key": keys[i], "thumb": _thumb(images_root / keys[i]),
                       "text": f"{pcls[a]} {probs[i][a]:.2f} vs {pcls[b]} {probs[i][b]:.2f}"})
-    return ('<h2 id="uncertain">Most uncertain images</h2><p>The model hesitates most between two classes on these '
-            "(not yet labeled) images: labeling them teaches it the most.</p>" + _cards(items, "uncertain"))
+    return ('<h2 id="uncertain">Most uncertain images</h2><p>Not yet labeled images on which the model hesitates '
+            f"between two classes (top-two probability gap below {UNSURE_MARGIN}): labeling them teaches it the most. "
+            f"{len(pool)} of {len(unl)} unlabeled images are this uncertain.</p>" + _cards(items, "uncertain"))
 
 
 def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, folds):

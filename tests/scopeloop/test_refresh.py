@@ -61,3 +61,94 @@ def test_worse_model_is_held_back_and_current_keeps_serving(refresher):
     # the same good labels again: promoted (within tolerance)
     v3, _, gate3 = r._train_and_gate("quick", lab, y, X, emb)
     assert gate3["promoted"] and ws.registry.current() == v3 != v1
+
+
+# ---------------------------------------------------------------- the bundled demo sample
+from scopeloop.demo import SAMPLE  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo project on the bundled sample at the product's 224 px, embedded once."""
+    items, classes = scan_imagefolder(SAMPLE)
+    ws = Workspace(tmp_path_factory.mktemp("demo") / "proj")
+    ws.update_project(images_root=str(SAMPLE), classes=classes, ls_project_id=1,
+                      model={"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "image_size": 224, "channels": None})
+    r = Refresher(ws, client=None, log=lambda *_: None)
+    keys = [image_key(p, SAMPLE) for p, _ in items]
+    all_keys, emb = r.embed_all(keys)
+    return ws, all_keys, emb, {image_key(p, SAMPLE): c for p, c in items}, classes
+
+
+def _fresh(demo, tmp_path):
+    ws0, keys, emb, truth, classes = demo
+    ws = Workspace(tmp_path / "proj")
+    ws.update_project(**ws0.project)
+    (ws.root / "embeddings").symlink_to(ws0.root / "embeddings")
+    return Refresher(ws, client=None, log=lambda *_: None), ws, keys, emb, truth, classes
+
+
+def test_replay_of_correct_labels_keeps_promoting(demo, tmp_path):
+    """The demo's starter labels (2 per class), then 20 correct labels one by one in the order the
+    service suggests: at least 18 of the 20 refreshes promote, the registry keeps every served
+    version and at most KEEP_CANDIDATES held-back ones, and no score is shown from too few images."""
+    from scopeloop.refresh import KEEP_CANDIDATES
+    from trainer.estimate import MIN_PER_CLASS, headline
+
+    r, ws, keys, emb, truth, classes = _fresh(demo, tmp_path)
+    row = {k: i for i, k in enumerate(keys)}
+    labeled = []
+    for c in classes:
+        labeled += [k for k in keys if truth[k] == c][:2]
+    outcomes, lines = [], []
+    for step in range(21):
+        lab = sorted(labeled)
+        y = [classes.index(truth[k]) for k in lab]
+        version, probs, gate = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+        outcomes.append(gate)
+        est = ws.registry.read_json(ws.registry.current(), "metrics.json")["estimate"]
+        lines.append(headline(est))
+        if not est["enough"]:
+            assert lines[-1].startswith("not enough labels yet to estimate (n = ")
+            assert any(0 < v["labeled"] < MIN_PER_CLASS for v in est["per_class"].values()) or "interval" in est["why_not"]
+        if step == 20:
+            break
+        mask = np.zeros(len(keys), bool)
+        mask[[row[k] for k in labeled]] = True
+        order = r._rank(emb, probs, mask, keys)
+        labeled.append(keys[order[0]])  # the annotator labels what the service suggests, correctly
+    assert outcomes[0]["gate"] == "first model"
+    promoted = sum(g["promoted"] for g in outcomes[1:])
+    assert promoted >= 18, [g["gate"] for g in outcomes[1:]]
+    assert lines[0].startswith("not enough labels yet to estimate (n = 10)")  # 2 labels per class
+    held = [v for v in ws.registry.versions() if v not in {h["version"] for h in ws.registry.history()}]
+    assert len(held) <= KEEP_CANDIDATES
+    assert len(ws.registry.version_log()) == 21  # the learning curve keeps every version
+    print("\n".join(f"{i:2d} labels={10 + i}: {g['gate'][:60]} | {line}" for i, (g, line) in enumerate(zip(outcomes, lines))))
+
+
+def test_gate_on_the_sample_promotes_a_superset_and_holds_back_shuffled_labels(demo, tmp_path):
+    r, ws, keys, emb, truth, classes = _fresh(demo, tmp_path)
+    row = {k: i for i, k in enumerate(keys)}
+    lab = sorted(keys)
+    y = [classes.index(truth[k]) for k in lab]
+    half = lab[::2]
+    r._train_and_gate("quick", half, [classes.index(truth[k]) for k in half], emb[[row[k] for k in half]], emb, keys)
+    _, _, gate = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+    assert gate["promoted"] and gate["comparison"]["n"] > 0
+    y_bad = list(np.random.default_rng(1).permutation(y))
+    _, _, gate = r._train_and_gate("quick", lab, y_bad, emb[[row[k] for k in lab]], emb, keys)
+    assert not gate["promoted"] and "held back: worse with confidence" in gate["gate"]
+
+
+def test_failed_training_is_held_back(demo, tmp_path, monkeypatch):
+    r, ws, keys, emb, truth, classes = _fresh(demo, tmp_path)
+    row = {k: i for i, k in enumerate(keys)}
+    lab = sorted(keys)
+    y = [classes.index(truth[k]) for k in lab]
+    v1, _, _ = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+    X = emb[[row[k] for k in lab]].copy()
+    X[0, 0] = np.nan  # a corrupt embedding: the fit produces NaN
+    v2, probs, gate = r._train_and_gate("quick", lab, y, X, emb, keys)
+    assert not gate["promoted"] and gate["gate"].startswith("held back: training failed") and v2 == v1
+    assert ws.registry.versions() == [v1] and np.isfinite(probs).all()

@@ -22,5 +22,18 @@ def test_qc_files_are_written_and_readable(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["validation"]["n"] == 4
     for png in ("loss_curves.png", "confusion_matrix.png"):
         assert Image.open(tmp_path / png).size[0] > 300
+    text = qc_summary({"validation": m})  # 4 images: a state, not a score
+    assert "not enough labels yet to estimate (n = 4)" in text and "1.00" not in text and "F1" not in text
+    y = [0] * 40 + [1] * 40
+    m = classification_metrics(y, [0] * 40 + [1] * 30 + [0] * 10, ["Neutrophil", "Basophil"])
     text = qc_summary({"validation": m})
+    assert "n = 80 images" in text and "95% interval" in text
     assert text.index("Basophil") < text.index("Neutrophil")  # weakest first
+
+
+def test_qc_summary_says_when_a_class_has_no_evaluated_images():
+    from trainer.estimate import estimate
+
+    est = estimate([0] * 30 + [1] * 30, [0] * 30 + [1] * 30, ["a", "b", "c"], labeled_counts={"a": 30, "b": 30, "c": 4})
+    text = qc_summary({"estimate": est})
+    assert "c" in text and "no evaluated images  (labeled 4, evaluated 0)" in text and "0.00" not in text

@@ -80,3 +80,28 @@ def test_empty_publish_refused(tmp_path):
     reg = ModelRegistry(tmp_path)
     with reg.staging() as tmp, pytest.raises(RegistryError, match="empty"):
         reg.publish(tmp)
+
+
+def test_held_back_candidates_are_pruned_but_served_versions_kept(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    _write_version(reg, "served", make_current=True)  # 001
+    for i in range(5):
+        reg.publish(_stage(reg, f"held{i}"), make_current=False, record={"labels": i})  # 002..006
+    pruned = reg.prune_candidates(keep=2)
+    assert pruned == ["002", "003", "004"]
+    assert reg.versions() == ["001", "005", "006"] and reg.current() == "001"
+    assert [r["version"] for r in reg.version_log()] == ["002", "003", "004", "005", "006"]  # the curve remembers
+    assert not list(tmp_path.glob(".pruned-*"))
+    reg.set_current("005", "promoted by hand")
+    assert reg.prune_candidates(keep=0) == ["006"] and reg.versions() == ["001", "005"]
+    # numbers of pruned versions are never reused
+    assert reg.publish(_stage(reg, "next"), make_current=False, record={}) == "007"
+
+
+def _stage(reg, tag):
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=reg.root))
+    (tmp / "head.pt").write_text(tag)
+    return tmp
