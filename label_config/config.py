@@ -26,6 +26,9 @@ _KNOWN_TAGS = (_LAYOUT_TAGS | set(control_tags._TAG_TO_CLASS) | set(object_tags.
                | {t.lower() for t in label_tags._LABEL_TAGS})
 
 
+SUGGESTION_NAME = "suggestion"   # the read-only TextArea holding the model's suggestion
+
+
 class LabelConfigError(ValueError):
     """The labeling config is unusable; the message says what is wrong and how to fix it."""
 
@@ -42,8 +45,12 @@ class ParsedConfig:
 
 
 def build_config(classes: list[str], *, from_name: str = "label", to_name: str = "image",
-                 value_key: str = "image", title: str | None = None) -> str:
-    """Single-choice image classification config; one hotkey per class (1..9 then letters)."""
+                 value_key: str = "image", title: str | None = None, suggestion: bool = True) -> str:
+    """Single-choice image classification config; one hotkey per class (1..9 then letters).
+
+    With `suggestion` (default) a read-only text area named SUGGESTION_NAME below the choices
+    shows the model's suggestion: class, confidence and why the sampler picked this image.
+    """
     classes = [str(c).strip() for c in classes]
     _check_classes(classes)
     if len(classes) > len(HOTKEYS):
@@ -52,8 +59,15 @@ def build_config(classes: list[str], *, from_name: str = "label", to_name: str =
     view = ET.Element("View")
     if title:
         ET.SubElement(view, "Header", value=title)
+    if suggestion:
+        # the model's suggestion as text the annotator reads first, marked as the model's; the
+        # worker's prediction fills it (ml_backend.labelstudio.push_predictions); read-only
+        ET.SubElement(view, "Header", value="Model's suggestion (its class is pre-selected below; check it before you submit):",
+                      size="6")
+        ET.SubElement(view, "TextArea", name=SUGGESTION_NAME, toName=to_name, editable="false", readonly="true",
+                      rows="2", maxSubmissions="0", placeholder="none yet: the model trains once two classes have labels")
     ET.SubElement(view, "Image", name=to_name, value=f"${value_key}", zoom="true",
-                  zoomControl="true", rotateControl="false")
+                  zoomControl="true", rotateControl="false", maxHeight="55vh")  # choices stay on screen
     choices = ET.SubElement(view, "Choices", name=from_name, toName=to_name, choice="single",
                             showInLine="true", required="true")
     for cls, key in zip(classes, HOTKEYS):

@@ -31,6 +31,8 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
+from label_config import SUGGESTION_NAME
+
 ML_BACKEND_TITLE = "scopeloop"   # never used as a model_version (LS would then call the backend live)
 IMPORT_CHUNK = 5000              # tasks per import request (LS limit: 250k, 200 MB)
 # Predictions per request: as large as is safe, because LS 1.23.2 recounts the counters of
@@ -50,6 +52,7 @@ class PredictionRow:
     label: str | None   # predicted class (one of the config's choices); None: order only
     confidence: float   # model probability of `label`, shown to annotators
     priority: int       # sampler rank: 0 = label this first
+    reason: str = ""    # why the sampler picked it (shown with the suggestion); "" = its rank
 
 
 @dataclass
@@ -60,6 +63,14 @@ class PushReport:
     switch_s: float
     prune_s: float = 0.0
     pruned: int = 0
+
+
+def suggestion_text(row: PredictionRow, n: int) -> str:
+    """What the annotator reads under the image: the model's class, confidence and the reason."""
+    why = row.reason or (f"queue position {row.priority + 1} of {n}: the sampler ranks it among the images "
+                         "that teach the model most")
+    return (f"Model's suggestion: {row.label} (confidence {row.confidence:.0%}, the model's probability). "
+            f"Why this image: {why}.")
 
 
 def local_files_url(relative_path: str) -> str:
@@ -328,7 +339,10 @@ class LabelStudioClient:
         if model_version == ML_BACKEND_TITLE:
             raise LabelStudioError(f"model_version {model_version!r} is reserved for the ML "
                                    "backend title (LS would call the backend live)")
-        current = self.get_project(project_id).get("model_version")
+        project = self.get_project(project_id)
+        current = project.get("model_version")
+        # projects made by scopeloop show the suggestion as text too (label_config SUGGESTION_NAME)
+        shows_text = f'name="{SUGGESTION_NAME}"' in (project.get("label_config") or "")
         if model_version in self.model_versions(project_id) and model_version != current:
             self.delete_model_version(project_id, model_version)  # leftovers of a failed push
         elif model_version == current:
@@ -344,7 +358,9 @@ class LabelStudioClient:
                 "value": {"choices": [r.label]},
                 "score": round(float(r.confidence), 4),  # model confidence, shown
                 "meta": {"text": [f"confidence {r.confidence:.2f}, "
-                                  f"queue position {r.priority + 1}"]}}],
+                                  f"queue position {r.priority + 1}"]}}] + ([{
+                "from_name": SUGGESTION_NAME, "to_name": to_name, "type": "textarea",
+                "value": {"text": [suggestion_text(r, n)]}}] if shows_text else []),
         } for r in rows]
         t0 = time.perf_counter()
         created = 0

@@ -9,6 +9,9 @@ logs in with the admin's username and password, opens the project's Data Manager
 * the editor shows that task's image (the <img> in the labeling area has loaded and has the
   file's pixel size),
 * the model's predicted class is pre-selected in the Choices control (and only that one),
+* the model's suggestion is shown as text, marked as the model's: the suggested class, its
+  confidence and the reason the sampler picked the image, rendered and visible on the page
+  (issue 11, failure 5),
 * after Submit (accepting the pre-annotation) the predicted class is saved as the label and
   the next task served is the sampler's second pick, with the same checks,
 
@@ -67,7 +70,8 @@ def project(label_studio):
             "key": p.relative_to(BCCD).as_posix(), "path": str(p)} for p in images])
         version = f"browser-test-{uuid.uuid4().hex[:6]}"
         report = client.push_predictions(pid, [
-            PredictionRow(task_id=t, label=pred, confidence=0.9 - 0.1 * prio, priority=prio)
+            PredictionRow(task_id=t, label=pred, confidence=0.9 - 0.1 * prio, priority=prio,
+                          reason=f"uncertain and unlike the labeled images (pick {prio + 1})")
             for t, (_, pred, prio) in zip(ids, PLAN)], version)
         assert report.created == len(PLAN)
         assert client.get_project(pid)["model_version"] == version
@@ -106,6 +110,16 @@ CHOICES_STATE = """() => {
   return {names: inputs.map(i => i.name), checked: inputs.filter(i => i.checked).map(i => i.name),
           highlighted: [...document.querySelectorAll('.lsf-main-view .ant-checkbox-wrapper-checked, .lsf-main-view .ant-radio-wrapper-checked')]
                          .map(e => e.textContent.replace(/\\[\\w+\\]$/, '').trim())};
+}"""
+# Rendered text of the labeling area that mentions the model's suggestion, with its box on screen.
+SUGGESTION_SHOWN = """() => {
+  const main = document.querySelector('.lsf-main-view') || document.body;
+  const hits = [...main.querySelectorAll('*')].filter(e => e.children.length === 0
+      && (e.innerText || e.value || '').includes("Model's suggestion:"));
+  return hits.map(e => { const r = e.getBoundingClientRect();
+    return {text: (e.innerText || e.value || '').trim(), w: r.width, h: r.height, top: r.top,
+            visible: r.width > 0 && r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight
+                     && getComputedStyle(e).visibility !== 'hidden'}; });
 }"""
 TASK_ID_SHOWN = """() => {
   const el = document.querySelector('.lsf-current-task__task-id');
@@ -171,6 +185,19 @@ def _check_served(page, client, pid, tasks, task: dict, priority: int, what: str
         f"checked: {choices['checked']}")
     assert choices["highlighted"] == [label], (
         f"the checked choice should be highlighted as {label!r}: {choices['highlighted']}")
+
+    # 4. the suggestion as the annotator reads it: class, confidence, reason, marked as the model's
+    prio = tasks[want]["priority"]
+    expect = [f"Model's suggestion: {label}", f"confidence {0.9 - 0.1 * prio:.0%}",
+              f"Why this image: uncertain and unlike the labeled images (pick {prio + 1})"]
+    shown = _wait(page, SUGGESTION_SHOWN, None, timeout_ms=UI_TIMEOUT_MS,
+                  ok=lambda v: isinstance(v, list) and any(h["visible"] and all(x in h["text"] for x in expect)
+                                                           for h in v))
+    assert isinstance(shown, list) and any(h["visible"] and all(x in h["text"] for x in expect) for h in shown), (
+        f"the labeling view should show the model's suggestion {expect} as text on screen (no scrolling); "
+        f"found: {shown}")
+    header = page.get_by_text("Model's suggestion (its class is pre-selected below")
+    assert header.is_visible(), "the suggestion should be marked as the model's (its header is not visible)"
 
 
 def test_label_all_tasks_shows_top_task_with_prediction_and_image(label_studio, project):
