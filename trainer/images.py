@@ -65,6 +65,7 @@ FORMATS_EXTRA = "pip install 'scopeloop[formats]'"
 PERCENTILES = (0.5, 99.8)
 MAX_CHANNEL_AXIS = 16
 MEMMAP_BYTES = 64 << 20  # uncompressed TIFF series larger than this are memory-mapped, not read whole
+MAX_DECODE_BYTES = 2 << 30  # a compressed series larger than this (whole-slide images) is refused
 NORMALISATIONS = ("per-image", "per-dataset", "bit-depth")
 STACK_MODES = ("mip", "plane")
 
@@ -261,6 +262,11 @@ def _read_tiff(path: Path) -> Decoded:
                 except Exception:  # noqa: BLE001 - not mappable: decode instead
                     data = None
             if data is None:
+                if series.nbytes > MAX_DECODE_BYTES:
+                    raise ImageReadError(path, f"{fmt} of {series.nbytes / 2 ** 30:.1f} GiB ({series.axes} "
+                                               f"{'x'.join(map(str, series.shape))}), compressed: too large to "
+                                               "read as one image; export tiles or crops (e.g. QuPath, Fiji) "
+                                               "and add those")
                 data = series.asarray()
             orientation = int(getattr(series.keyframe, "orientation", 1) or 1)
             is_imagej = bool(tf.is_imagej)

@@ -391,3 +391,15 @@ def test_reading_settings_compute_what_the_choice_needs(tmp_path):
     assert reading_settings(paths, stack="plane", plane=2, timepoint=1).describe().startswith("Z plane 2; time point 1")
     with pytest.raises(ValueError, match="normalisation 'x'"):
         reading_settings(paths, normalisation="x")
+
+
+def test_compressed_series_too_large_to_decode_is_refused_with_advice(tmp_path, monkeypatch):
+    import trainer.images as images
+
+    tifffile.imwrite(tmp_path / "slide.tif", np.zeros((256, 256, 3), np.uint8), compression="zlib",
+                     photometric="rgb", tile=(64, 64))
+    monkeypatch.setattr(images, "MAX_DECODE_BYTES", 100_000)  # as a 20 GB whole-slide image would
+    with pytest.raises(ImageReadError, match="slide.tif.*too large.*tiles"):
+        read_raw(tmp_path / "slide.tif")
+    monkeypatch.setattr(images, "MAX_DECODE_BYTES", 1 << 30)
+    assert read_raw(tmp_path / "slide.tif").shape == (256, 256, 3)
