@@ -89,7 +89,7 @@ def montage(tiles, out: Path, size: int = 224) -> None:
     fig.suptitle(f"what the model sees ({size} px, default preprocessing)", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=80, **({"pil_kwargs": {"quality": 85}} if out.suffix.lower() in (".jpg", ".jpeg") else {}))
 
 
 def main() -> None:
@@ -98,12 +98,16 @@ def main() -> None:
     ap.add_argument("--montage", type=Path, default=None)
     ap.add_argument("--table", type=Path, default=None)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--montage-skip", default=None, help="leave files whose name starts with this out of the montage "
+                                                         "(e.g. gpl-3.0/: their pixels stay out of the repository)")
     args = ap.parse_args()
     rows, tiles = check(args.folder, args.size)
     text = table(rows)
     print(text)
     if args.table:
         args.table.write_text(text + "\n")
+    if args.montage_skip:
+        tiles = [t for t in tiles if not t[0].startswith(args.montage_skip)]
     if args.montage and tiles:
         montage(tiles, args.montage, args.size)
 
