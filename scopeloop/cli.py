@@ -98,6 +98,11 @@ def cmd_predict(args) -> int:
     print(f"{summary['low_confidence']} low-confidence predictions (below {args.low_confidence:.2f}, flagged in the CSV)")
     if summary.get("out_of_distribution") is not None:
         print(f"{summary['out_of_distribution']} images unlike anything the model was trained on (out_of_distribution column)")
+    if summary.get("quality"):
+        flagged = {v: n for v, n in summary["quality"].items() if v != "ok" and n}
+        print(f"image quality: {sum(flagged.values())} of {summary['predicted']} images flagged"
+              + (" (" + ", ".join(f"{n} {v}" for v, n in flagged.items()) + ")" if flagged else "")
+              + ": quality column; check them before trusting the counts")
     if summary.get("plot"):
         print(f"summary plot: {summary['plot']}")
     if len(summary["skipped"]):

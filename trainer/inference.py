@@ -182,12 +182,14 @@ def resolve_model_dir(model, version: str | None = None) -> Path:
 
 
 def predict_folder(model_dir, input_dir, out_csv, batch_size: int = 64, progress: bool = True,
-                   low_confidence: float = 0.5, ood: bool = True, plot: bool = True) -> dict:
+                   low_confidence: float = 0.5, ood: bool = True, plot: bool = True, quality: bool = True) -> dict:
     """Predict every image under `input_dir`: CSV + `<out>.npz` (keys, embeddings, probs).
 
     With `ood` and a model folder holding `ood.npz` (see trainer.ood), the CSV also says which
     images are out of distribution (far from every training image in embedding space: another
     microscope, stain, debris); with `plot`, `<out>.counts.png` shows predicted class counts.
+    With `quality`, the `quality` column holds each image's verdict (trainer.quality: ok, blank,
+    out_of_focus, saturated, too_dark, duplicate, unusual) and `quality_reason` the deciding score.
     """
     from trainer.images import image_key, list_images
     from trainer.model import ScopeModel
@@ -212,6 +214,15 @@ def predict_folder(model_dir, input_dir, out_csv, batch_size: int = 64, progress
         dist, is_ood = ref.flags(res.embeddings)
         extra["out_of_distribution"] = ["yes" if f else "no" for f in is_ood]
         extra["ood_distance"] = [f"{d:.4f}" for d in dist]
+    qc_counts = None
+    if quality and len(keys):
+        from trainer.quality import assess
+
+        qc = assess([paths[r] for r in res.rows], keys, res.embeddings, keys)
+        by = qc.by_key()
+        extra["quality"] = [by[k].verdict if k in by else "unreadable" for k in keys]
+        extra["quality_reason"] = [by[k].reason if k in by else "" for k in keys]
+        qc_counts = qc.counts()
     write_predictions_csv(out_csv, keys, res.probs, cfg.classes, extra)
     np.savez_compressed(out_csv.with_suffix(".npz"), keys=np.array(keys), embeddings=res.embeddings,
                         probs=res.probs, classes=np.array(cfg.classes))
@@ -227,4 +238,5 @@ def predict_folder(model_dir, input_dir, out_csv, batch_size: int = 64, progress
                                                title=f"Predicted cell types: {Path(input_dir).name}"))
     return {"predicted": len(keys), "skipped": res.skipped, "counts": counts, "csv": str(out_csv),
             "low_confidence": int(low.sum()),
-            "out_of_distribution": None if is_ood is None else int(is_ood.sum()), "plot": plot_path}
+            "out_of_distribution": None if is_ood is None else int(is_ood.sum()), "plot": plot_path,
+            "quality": qc_counts}

@@ -207,3 +207,26 @@ def test_cli_qc(tmp_path, capsys):
     bad.write_text(json.dumps({"blnk": 1}))
     assert main(["qc", "--images", str(QC), "--out", str(out), "--no-embed", "--settings", str(bad)]) == 2
     assert "blnk" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_adds_quality_column(tmp_path):
+    from trainer.inference import predict_folder, resolve_model_dir
+    from trainer.registry import ModelRegistry
+    from trainer.training import TrainConfig, save_version, train
+
+    train_dir = tmp_path / "train"
+    for i, p in enumerate(sorted(QC.glob("ok_*.png"))):
+        (train_dir / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, train_dir / ("a" if i % 2 else "b") / p.name)
+    items = sorted(train_dir.rglob("*.png"))
+    cfg = TrainConfig(image_size=64)
+    res = train(items, [p.parent.name for p in items], ["a", "b"], cfg)
+    save_version(res, cfg, ModelRegistry(tmp_path / "models" / "registry"))
+    out = tmp_path / "pred.csv"
+    summary = predict_folder(resolve_model_dir(tmp_path / "models"), QC, out, progress=False, plot=False)
+    rows = {r["file"]: r for r in csv.DictReader(open(out))}
+    for name in ("blank_01.png", "out_of_focus_01.png", "saturated_01.png", "too_dark_01.png", "zz_duplicate_of_ok_03.tif"):
+        assert rows[name]["quality"] == _expected(name), (name, rows[name]["quality_reason"])
+    assert rows["blank_01.png"]["quality_reason"].startswith("structure")
+    assert summary["quality"]["blank"] == 1 and sum(summary["quality"].values()) == 21
