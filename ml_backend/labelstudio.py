@@ -21,6 +21,7 @@ Facts this module is built on (measured on LS 1.23.2, see docs/benchmarks.md):
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -97,6 +98,18 @@ def annotation_choice(annotation: dict, from_name: str) -> str | None:
     return None
 
 
+def annotator_name(annotation: dict) -> str:
+    """Who made an annotation: LS 1.23 sends `created_username` as " <email>, <user id>".
+
+    >>> annotator_name({"created_username": " admin@scopeloop.local, 1"})
+    'admin@scopeloop.local'
+    """
+    name = str(annotation.get("created_username") or "").strip()
+    m = re.fullmatch(r"(.*?),\s*\d+", name)
+    name = (m.group(1) if m else name).strip()
+    return name or str(annotation.get("completed_by") or "")
+
+
 def task_record(task: dict, from_name: str) -> dict:
     """The snapshot entry of one task: its final label (last edited annotation wins; None when
     every annotation was skipped). `n_annotations` is compared with Label Studio's count."""
@@ -108,7 +121,7 @@ def task_record(task: dict, from_name: str) -> dict:
         anns.append({
             "id": a.get("id"),
             "label": label,
-            "annotator": a.get("created_username") or str(a.get("completed_by") or ""),
+            "annotator": annotator_name(a),
             "created_at": a.get("created_at"),
             "updated_at": a.get("updated_at") or a.get("created_at"),
         })
