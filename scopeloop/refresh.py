@@ -412,7 +412,10 @@ class Refresher:
             margin = p[:, -1] - (p[:, -2] if p.shape[1] > 1 else 0)
             rest = rest[np.argsort(margin, kind="stable")]
         self.ws.update_status(last_picks=[{"key": p.key, "row": p.row, "score": p.score, "reason": p.reason} for p in picks[:20]])
-        return np.concatenate([np.asarray(head, dtype=np.int64), rest])
+        order = np.concatenate([np.asarray(head, dtype=np.int64), rest])
+        from trainer.quality import rank_with_qc  # blank, out-of-focus, ... images leave the head (issue 14)
+
+        return rank_with_qc(self.ws.root, self.ws.images_root, order, keys, emb, log=self.log)
 
     def _push(self, keys, task_ids, probs, order, push_order, version) -> dict:
         from ml_backend.labelstudio import PredictionRow

@@ -654,13 +654,15 @@ def _decide(r: QCResult, s: QCSettings, exact: bool) -> None:
 
 def assess(paths: Sequence, keys: Sequence[str] | None = None, embeddings: np.ndarray | None = None,
            embedding_keys: Sequence[str] | None = None, settings: QCSettings | None = None,
-           progress: Callable[[int, int], None] | None = None, seed: int = 0) -> QCReport:
+           progress: Callable[[int, int], None] | None = None, seed: int = 0,
+           stats_cache: dict | None = None) -> QCReport:
     """Quality verdict for every readable image of a pool.
 
     paths: image files; keys: their identities (default: the paths as strings);
     embeddings: optional (N, D) rows for `embedding_keys` (default: `keys`) - without them
     near-duplicates and `unusual` are not judged (exact duplicates still are).
     Unreadable files are skipped and listed in `QCReport.skipped`, never raised.
+    stats_cache: {key: PixelStats}; keys found there are not read again, new ones are added.
     """
     settings = settings or QCSettings()
     keys = [str(p) for p in paths] if keys is None else [str(k) for k in keys]
@@ -672,6 +674,11 @@ def assess(paths: Sequence, keys: Sequence[str] | None = None, embeddings: np.nd
     ok_keys, ok_paths = [], []
     t_read = 0.0
     for i, (p, k) in enumerate(zip(paths, keys)):
+        if stats_cache is not None and k in stats_cache:
+            stats.append(stats_cache[k])
+            ok_keys.append(k)
+            ok_paths.append(p)
+            continue
         try:
             tr = time.perf_counter()
             raw = read_raw(p)
@@ -683,6 +690,8 @@ def assess(paths: Sequence, keys: Sequence[str] | None = None, embeddings: np.nd
         stats.append(st)
         ok_keys.append(k)
         ok_paths.append(p)
+        if stats_cache is not None:
+            stats_cache[k] = st
         if progress:
             progress(i + 1, len(paths))
     t_measure = time.perf_counter() - t0 - t_read
@@ -801,3 +810,94 @@ def qc_folder(folder, out_csv, settings: QCSettings | None = None, embed: bool =
     if len(report.skipped):
         report.skipped.write_json(Path(out_csv).with_suffix(".skipped.json"))
     return report
+
+
+# ============================================================ in the loop (a project's work directory)
+
+QC_DIR = "qc"
+
+
+def project_settings(workdir) -> QCSettings:
+    """The project's thresholds: <workdir>/qc_settings.json (any subset of QCSettings' fields)."""
+    return QCSettings.load(Path(workdir) / SETTINGS_FILE)
+
+
+def load_verdicts(workdir) -> dict:
+    """{key: {"verdict", "reason"}} from the last quality pass of a project ({} before the first)."""
+    p = Path(workdir) / QC_DIR / "verdicts.json"
+    if not p.is_file():
+        return {}
+    return json.loads(p.read_text()).get("verdicts", {})
+
+
+def project_qc(workdir, images_root, keys: Sequence[str], embeddings: np.ndarray | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """Verdicts of a project's images, kept in <workdir>/qc/ and re-judged only when the set of
+    images (or the settings) changed: stats.pkl (per-image measurements: each image is read once,
+    new images only), verdicts.json ({key: {verdict, reason}} + counts), qc.csv (every score).
+    `embeddings` rows match `keys` (the project's embedding cache)."""
+    import os
+    import pickle
+
+    d = Path(workdir) / QC_DIR
+    settings = project_settings(workdir)
+    keys = [str(k) for k in keys]
+    sig = hashlib.sha1(("\n".join(sorted(keys)) + json.dumps(asdict(settings), sort_keys=True)).encode()).hexdigest()
+    vfile = d / "verdicts.json"
+    if vfile.is_file():
+        old = json.loads(vfile.read_text())
+        if old.get("signature") == sig:
+            return old.get("verdicts", {})
+    d.mkdir(parents=True, exist_ok=True)
+    sfile = d / "stats.pkl"
+    cache = {}
+    if sfile.is_file():
+        try:
+            with open(sfile, "rb") as f:
+                cache = pickle.load(f)
+        except Exception:  # a damaged cache is rebuilt, never fatal
+            cache = {}
+    n_before = len(cache)
+    root = Path(images_root)
+    report = assess([root / k for k in keys], keys, embeddings, keys if embeddings is not None else None,
+                    settings, stats_cache=cache)
+    tmp = sfile.with_name("stats.pkl.part")
+    with open(tmp, "wb") as f:
+        pickle.dump(cache, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, sfile)
+    write_csv(report.results, d / "qc.csv")
+    verdicts = {r.key: {"verdict": r.verdict, "reason": r.reason} for r in report.results}
+    data = {"signature": sig, "counts": report.counts(), "images": len(report.results),
+            "bit_depth": report.bit_depth, "focus": report._focus_line(), "seconds": report.seconds,
+            "verdicts": verdicts}
+    t = vfile.with_name("verdicts.json.part")
+    t.write_text(json.dumps(data))
+    os.replace(t, vfile)
+    flagged = {v: c for v, c in report.counts().items() if v != "ok" and c}
+    log(f"image quality: {len(cache) - n_before} new image(s) measured, {sum(flagged.values())} of "
+        f"{len(report.results)} flagged {flagged if flagged else ''}".rstrip())
+    return verdicts
+
+
+def order_flagged_last(order: np.ndarray, keys: Sequence[str], verdicts: dict, flagged: str = "end") -> np.ndarray:
+    """The suggested order with flagged images after every ok one ("end", their order kept) or
+    left out ("exclude"). Images without a verdict (unreadable, not yet judged) count as ok."""
+    order = np.asarray(order, dtype=np.int64)
+    bad = np.array([verdicts.get(keys[r], {}).get("verdict", "ok") != "ok" for r in order], dtype=bool)
+    if not bad.any():
+        return order
+    if flagged == "exclude":
+        return order[~bad]
+    return np.concatenate([order[~bad], order[bad]])
+
+
+def rank_with_qc(workdir, images_root, order: np.ndarray, keys: Sequence[str], embeddings=None,
+                 log: Callable[[str], None] = print) -> np.ndarray:
+    """What the refresh calls after ranking: flagged images leave the head of the order.
+    A failing quality pass is logged and leaves the order as it was (it never blocks a refresh)."""
+    try:
+        verdicts = project_qc(workdir, images_root, keys, embeddings, log=log)
+        return order_flagged_last(order, keys, verdicts, project_settings(workdir).flagged)
+    except Exception as exc:  # noqa: BLE001 - QC is advisory in the loop
+        log(f"image quality control skipped this time: {type(exc).__name__}: {exc}")
+        return np.asarray(order, dtype=np.int64)

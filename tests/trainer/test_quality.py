@@ -230,3 +230,53 @@ def test_predict_adds_quality_column(tmp_path):
         assert rows[name]["quality"] == _expected(name), (name, rows[name]["quality_reason"])
     assert rows["blank_01.png"]["quality_reason"].startswith("structure")
     assert summary["quality"]["blank"] == 1 and sum(summary["quality"].values()) == 21
+
+
+# ---------------------------------------------------------------- in the loop
+
+def test_project_qc_keeps_flagged_images_out_of_the_head(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    keys = [p.name for p in list_images(QC)]
+    order = np.arange(len(keys))[::-1]  # some suggested order
+    logs = []
+    new = q.rank_with_qc(work, QC, order, keys, log=logs.append)
+    flagged = {k for k in keys if _expected(k) != "ok"}
+    assert sorted(new) == sorted(order)  # nothing dropped by default ("end")
+    head = [keys[r] for r in new[:len(keys) - len(flagged)]]
+    assert not flagged & set(head) and {keys[r] for r in new[-len(flagged):]} == flagged
+    assert [r for r in new if keys[r] not in flagged] == [r for r in order if keys[r] not in flagged]  # ok order kept
+    assert "5 of 21 flagged" in logs[-1]
+    v = q.load_verdicts(work)
+    assert v["blank_01.png"] == {"verdict": "blank", "reason": v["blank_01.png"]["reason"]}
+    assert (work / "qc" / "qc.csv").is_file()
+    # the same pool again: judged from the stored verdicts, no image read
+    monkeypatch.setattr(q, "read_raw", lambda *a, **k: pytest.fail("re-read an image"))
+    assert list(q.rank_with_qc(work, QC, order, keys, log=logs.append)) == list(new)
+    # the project says "exclude": flagged images leave the order (the files stay)
+    (work / q.SETTINGS_FILE).write_text(json.dumps({"flagged": "exclude"}))
+    monkeypatch.undo()
+    out = q.rank_with_qc(work, QC, order, keys, log=logs.append)
+    assert len(out) == len(keys) - len(flagged) and not {keys[r] for r in out} & flagged
+    assert (QC / "blank_01.png").is_file()
+
+
+def test_project_qc_measures_only_new_images(tmp_path):
+    imgs, work = tmp_path / "imgs", tmp_path / "work"
+    imgs.mkdir()
+    for p in sorted(QC.glob("ok_*.png"))[:10]:
+        shutil.copy(p, imgs / p.name)
+    keys = sorted(p.name for p in imgs.iterdir())
+    logs = []
+    q.project_qc(work, imgs, keys, log=logs.append)
+    assert "10 new image(s) measured" in logs[-1]
+    shutil.copy(QC / "blank_01.png", imgs / "new_blank.png")  # TASKS_CREATED: one new image
+    v = q.project_qc(work, imgs, keys + ["new_blank.png"], log=logs.append)
+    assert "1 new image(s) measured" in logs[-1] and v["new_blank.png"]["verdict"] == "blank"
+
+
+def test_failing_quality_pass_never_blocks_the_order(tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / q.SETTINGS_FILE).write_text("{broken")
+    logs = []
+    out = q.rank_with_qc(tmp_path / "work", QC, np.array([2, 0, 1]), ["a", "b", "c"], log=logs.append)
+    assert list(out) == [2, 0, 1] and "skipped this time" in logs[-1] and q.SETTINGS_FILE in logs[-1]
