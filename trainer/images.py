@@ -223,6 +223,7 @@ class Decoded:
     file_axes: str = ""
     file_shape: tuple = ()
     notes: list[str] = field(default_factory=list)
+    orientation: int = 1  # TIFF/EXIF orientation (1-8) still to apply to the plane
 
 
 def _native(arr: np.ndarray) -> np.ndarray:
@@ -268,7 +269,8 @@ def _read_tiff(path: Path) -> Decoded:
                                                "read as one image; export tiles or crops (e.g. QuPath, Fiji) "
                                                "and add those")
                 data = series.asarray()
-            orientation = int(getattr(series.keyframe, "orientation", 1) or 1)
+            tag = getattr(series.keyframe, "tags", {}).get(274)  # TIFF Orientation
+            orientation = int(tag.value) if tag is not None else 1
             is_imagej = bool(tf.is_imagej)
     except ImageReadError:
         raise
@@ -285,7 +287,7 @@ def _read_tiff(path: Path) -> Decoded:
         dec.axes = axes.replace("I", "Z")
     if orientation not in (1, 0):
         dec.notes.append(f"TIFF orientation {orientation} applied")
-        dec.orientation = orientation  # type: ignore[attr-defined]
+        dec.orientation = orientation
     if set(dec.axes) & {"Q", "I"}:  # axes the metadata does not name (or no metadata)
         _guess_axes(dec)
     return dec
@@ -491,9 +493,8 @@ def to_plane(dec: Decoded, prep: Preprocessing, path="image") -> np.ndarray:
         arr = arr.reshape(arr.shape[0], arr.shape[1], -1)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    orientation = getattr(dec, "orientation", 1)
-    if orientation not in (0, 1):
-        arr = orient(arr, orientation)
+    if dec.orientation not in (0, 1):
+        arr = orient(arr, dec.orientation)
     return _native(arr)
 
 

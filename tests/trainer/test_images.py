@@ -403,3 +403,11 @@ def test_compressed_series_too_large_to_decode_is_refused_with_advice(tmp_path, 
         read_raw(tmp_path / "slide.tif")
     monkeypatch.setattr(images, "MAX_DECODE_BYTES", 1 << 30)
     assert read_raw(tmp_path / "slide.tif").shape == (256, 256, 3)
+
+
+def test_tiff_orientation_tag_is_applied(tmp_path):
+    arr = np.zeros((20, 30), np.uint16)
+    arr[:5, :5] = 1000  # top-left marker
+    tifffile.imwrite(tmp_path / "o.tif", arr, extratags=[(274, 3, 1, 6, True)])  # 6: rotate 90 clockwise
+    raw = read_raw(tmp_path / "o.tif")
+    assert raw.shape == (30, 20) and raw[:5, -5:].min() == 1000  # marker now top-right
