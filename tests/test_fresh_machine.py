@@ -86,3 +86,42 @@ def test_no_tracked_file_names_a_path_of_the_dev_machine():
     r = subprocess.run(["git", "grep", "-n", "-I", "-E", "-e", "(^|[^A-Za-z0-9_.~-])" + top, "--", "."],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.stdout == "", "absolute paths of the development machine in tracked files:\n" + r.stdout
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_setup_installs_system_packages_only_when_asked(tmp_path, asked):
+    """Issue 11, failure 11: setup.sh ran `apt-get install chromium` as root without asking."""
+    if asked and os.geteuid() != 0:
+        pytest.skip("installing with apt-get needs root")
+    repo = tmp_path / "clone"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / ".ci").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup.sh", repo / "scripts" / "setup.sh")
+    (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (repo / ".ci" / "constraints-cpu.txt").write_text("")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "scopeloop").write_text("#!/bin/sh\n")
+    (repo / ".venv" / "bin" / "scopeloop").chmod(0o755)
+    digest = subprocess.run("cat pyproject.toml .ci/constraints-cpu.txt | sha256sum | cut -c1-16", shell=True,
+                            cwd=repo, capture_output=True, text=True).stdout.strip()
+    (repo / ".venv" / ".scopeloop-install").write_text(f"{digest}-cpu,server,dev\n")  # installed: no pip
+    # a PATH with the tools setup.sh uses, no browser, and an apt-get that only records its call
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("python3", "df", "awk", "sha256sum", "cut", "cat", "id", "grep", "dirname", "bash", "env"):
+        if shutil.which(tool):
+            (bin_ / tool).symlink_to(shutil.which(tool))
+    marker = tmp_path / "apt-called"
+    (bin_ / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\n")
+    (bin_ / "apt-get").chmod(0o755)
+    env = {"PATH": str(bin_), "HOME": str(tmp_path), "SCOPELOOP_CPU": "1", "PYTHON": sys.executable}
+    if asked:
+        env["SCOPELOOP_INSTALL_BROWSER"] = "1"
+    r = subprocess.run([str(bin_ / "bash"), str(repo / "scripts" / "setup.sh")], env=env, capture_output=True,
+                       text=True, timeout=120)
+    if asked:
+        assert marker.exists() and "install" in marker.read_text(), r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        assert not marker.exists(), "setup.sh called apt-get without being asked"
+        assert "SCOPELOOP_INSTALL_BROWSER=1" in r.stderr
