@@ -78,3 +78,10 @@ def test_index_lookup_is_fast(tmp_path):
     for i in range(50):
         assert idx.find(i) is not None
     assert (time.perf_counter() - t0) / 50 < 0.01
+
+
+def test_ids_of_a_million_digits_are_no_project_and_no_error():
+    """Issue 11, failure 9: int() of a 10^6-digit id raised ValueError (a 500 in the backend)."""
+    for value in ("1" * 10**6, "1" * 10**6 + ".1732300000", "1" * 19, 10**30, {"id": "9" * 40}, 1e30):
+        assert parse_project_id(value) is None
+    assert parse_project_id("9" * 18 + ".1") == int("9" * 18)
