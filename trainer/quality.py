@@ -379,6 +379,8 @@ def full_scale(stats: Sequence[PixelStats], bit_depth: int | None = None) -> tup
     dtypes = {s.dtype for s in stats}
     if dtypes == {"uint8"}:
         return 255.0, 8
+    stats = [s for s in stats if s.dtype != "uint8"]  # a mixed pool: the others decide
+    dtypes = {s.dtype for s in stats}
     if any(d.startswith("float") for d in dtypes):
         return max(max(s.raw_max for s in stats), 1e-12), "float"
     m = max(s.raw_max for s in stats)
@@ -699,13 +701,15 @@ def assess(paths: Sequence, keys: Sequence[str] | None = None, embeddings: np.nd
     results = []
     per_patch = []
     for k, st in zip(ok_keys, stats):
-        if bits == "float":
+        # 8-bit files are 8-bit whatever else the pool holds (a mixed pool: the rest by inference)
+        fs_i, bits_i = (255.0, 8) if st.dtype == "uint8" and not settings.bit_depth else (fs, bits)
+        if bits_i == "float":
             sat = st.top_share.get("float", 0.0)
         else:
-            sat = st.top_share.get(bits, 0.0) if isinstance(bits, int) else 0.0
-        sp = structure(st.energies, st.noise, fs)
+            sat = st.top_share.get(bits_i, 0.0) if isinstance(bits_i, int) else 0.0
+        sp = structure(st.energies, st.noise, fs_i)
         per_patch.append(sp)
-        results.append(QCResult(k, "ok", "", "", st.bright_p999 / fs, float(sat), image_structure(sp),
+        results.append(QCResult(k, "ok", "", "", st.bright_p999 / fs_i, float(sat), image_structure(sp),
                                 float("nan"), float("nan"), st.laplacian_focus, float("nan")))
     # ---- focus: learn from the sharpest usable images, then predict every image
     t1 = time.perf_counter()

@@ -108,6 +108,19 @@ def test_saturation_uses_the_real_bit_depth(tmp_path):
     assert rep16.by_key()["over.tif"].saturated_share == 0.0
 
 
+
+def test_mixed_pool_8bit_files_keep_their_own_full_scale(tmp_path):
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        tifffile.imwrite(tmp_path / f"cell_{i}.tif", _camera_12bit(rng))
+    for name in ("ok_00.png", "ok_01.png", "saturated_01.png"):
+        shutil.copy(QC / name, tmp_path / name)
+    paths = list_images(tmp_path)
+    r = q.assess(paths, [p.name for p in paths]).by_key()
+    assert r["ok_00.png"].brightness > 0.5 and r["ok_00.png"].verdict != "too_dark"  # not judged against 4095
+    assert r["saturated_01.png"].verdict == "saturated"
+
+
 def test_near_duplicate_and_unusual_from_embeddings(tmp_path):
     for p in sorted(QC.glob("ok_*.png")):
         shutil.copy(p, tmp_path / p.name)
