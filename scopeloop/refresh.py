@@ -354,7 +354,7 @@ class Refresher:
                 "promoted": promote, "reason": reason, "estimate": headline(est),
             })
             record = {"kind": kind, "labels": len(lab_keys), "reason": reason,
-                      "estimate": {k: est[k] for k in ("method", "n", "n_labeled", "enough", "why_not", "fix", "metrics")}}
+                      "estimate": {k: est[k] for k in ("method", "n", "n_labeled", "enough", "why_not", "fix", "metrics", "per_class")}}
             version = reg.publish(tmp, make_current=promote, reason=reason, record=record)
         return version, reg.prune_candidates(KEEP_CANDIDATES)
 

@@ -379,7 +379,7 @@ def headline(est: dict | None) -> str:
     if not est.get("enough"):
         return not_enough_text(est)
     m = est["metrics"]
-    unlabeled = [c for c, r in est["per_class"].items() if not r["labeled"]]
+    unlabeled = [c for c, r in est.get("per_class", {}).items() if not r["labeled"]]
     return (f"macro-F1 {_fmt(m['macro_f1'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}, "
             f"accuracy {_fmt(m['accuracy'])}; n = {est['n']} images, {est['method']}"
             + (f"; not labeled yet, not estimated: {', '.join(unlabeled)}" if unlabeled else ""))

@@ -103,7 +103,7 @@ def _bar_per_class(per_class: dict) -> bytes:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
     ax.set_xlabel("score (1 = perfect)")
-    ax.set_title("Per class, on validation images")
+    ax.set_title("Per class, each image judged by a model that did not train on it")
     ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return _png(fig)
@@ -123,7 +123,8 @@ def _learning_curve(points: list[dict]) -> bytes:
         x = [p["n_labels"] for p in prom]
         ax.fill_between(x, [p["low"] for p in prom], [p["high"] for p in prom], color="#3b7dd8", alpha=0.18, lw=0,
                         label="95% interval (served versions)")
-        ax.plot(x, [p["value"] for p in prom], "o-", color="#3b7dd8", label="served (promoted)")
+        ax.errorbar(x, [p["value"] for p in prom], yerr=[[p["value"] - p["low"] for p in prom],
+                    [p["high"] - p["value"] for p in prom]], fmt="o-", color="#3b7dd8", capsize=3, label="served (promoted)")
     held = [p for p in est if not p["promoted"]]
     if held:
         ax.errorbar([p["n_labels"] for p in held], [p["value"] for p in held],
@@ -195,7 +196,7 @@ def backbone_id(cfg: dict) -> str:
 
         tag = as_preprocessing(dict(cfg["preprocessing"], channels=ch)).tag()
     return (f"{cfg['backbone']}-{cfg['image_size']}px" + (f"-ch{'_'.join(map(str, ch))}" if ch else "")
-            + (f"-{tag}" if tag else ""))
+            + (f"-{tag}" if tag else "") + ("-ms" if cfg.get("features") == "multiscale" else ""))  # features.space_tag
 
 
 def contradicted(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -292,8 +293,8 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
         summary["headline"] = headline(est)
         summary["enough"] = bool(est and est.get("enough"))
         cls = "big" if summary["enough"] else "big note"
-        body.append(f'<p id="headline" class="{cls}">Quality of model {html.escape(version)}: '
-                    f"<b>{html.escape(summary['headline'])}</b></p>")
+        body.insert(2, f'<p id="headline" class="{cls}">Quality of model {html.escape(version)}: '
+                    f"<b>{html.escape(summary['headline'])}</b></p>")  # first thing after the title
         reg.path(version)  # a clear error for an unknown version
         hist = reg.read_json(version, "history.json")
         with _tmpdir() as tmp:
