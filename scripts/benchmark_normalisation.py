@@ -5,7 +5,9 @@ brightness carries part of the class (as DNA content separates G1 from G2 nuclei
 Synthetic set (seeded, written as 16-bit single-channel TIFFs into a temporary folder): three
 classes of nuclei on a dim camera background (offset 100, noise): `G1` round, integrated
 intensity 1x; `G2` round, 2x (same size: only brightness tells it from G1); `elongated` 1.4x.
-Each image also gets a plate exposure gain drawn from 0.8-1.25 (drift between plates).
+Each image also gets a plate exposure gain drawn from 0.8-1.25 (drift between plates). Camera
+offset and noise are fixed, so a dim nucleus is also a noisier one after a per-image stretch;
+`--equal-snr` scales offset and noise with brightness too, leaving brightness the only cue.
 
 Options (each read exactly as the product reads it, `trainer.images`):
   per-image     the 0.5-99.8 percentile stretch of each image (the default)
@@ -37,7 +39,10 @@ sys.path.insert(0, str(ROOT))
 CLASSES = ["G1", "G2", "elongated"]
 
 
-def make_set(root: Path, n_per_class: int, seed: int = 0, size: int = 96) -> tuple[list[Path], list[int]]:
+def make_set(root: Path, n_per_class: int, seed: int = 0, size: int = 96,
+             equal_snr: bool = False) -> tuple[list[Path], list[int]]:
+    """equal_snr: the whole image (offset, noise, nucleus) scales with brightness, so after a
+    per-image stretch G1 and G2 are alike in distribution (brightness is then the only cue)."""
     import tifffile
 
     rng = np.random.default_rng(seed)
@@ -55,8 +60,11 @@ def make_set(root: Path, n_per_class: int, seed: int = 0, size: int = 96) -> tup
             texture = 1 + 0.15 * rng.standard_normal((size, size))
             amount = {"G1": 1.0, "G2": 2.0, "elongated": 1.4}[name] * rng.uniform(0.9, 1.1)
             plate_gain = rng.uniform(0.8, 1.25)
-            nucleus = 700 * amount * plate_gain * np.exp(-d ** 2) * texture
-            img = 100 + nucleus + rng.normal(0, 6, (size, size))
+            if equal_snr:
+                img = (100 + 700 * np.exp(-d ** 2) * texture + rng.normal(0, 6, (size, size))) * amount * plate_gain
+            else:
+                nucleus = 700 * amount * plate_gain * np.exp(-d ** 2) * texture
+                img = 100 + nucleus + rng.normal(0, 6, (size, size))
             p = root / name / f"{i:04d}.tif"
             tifffile.imwrite(p, np.clip(img, 0, 4095).astype(np.uint16))
             paths.append(p)
@@ -113,6 +121,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--labels", type=int, nargs="+", default=[2, 5, 10, 20])
+    ap.add_argument("--equal-snr", action="store_true",
+                    help="scale offset and noise with brightness too (per-image stretch then removes the class cue)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import torch
@@ -124,7 +134,7 @@ def main() -> None:
 
     t0 = time.time()
     tmp = tempfile.TemporaryDirectory(prefix="scopeloop_norm_")
-    paths, y = make_set(Path(tmp.name), args.n_per_class)
+    paths, y = make_set(Path(tmp.name), args.n_per_class, equal_snr=args.equal_snr)
     y = np.array(y)
     bits = estimate_bit_depth(paths)
     prep = {"per-image": Preprocessing(),
