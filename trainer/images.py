@@ -667,7 +667,7 @@ def load_for_model(path, size: int, channels=None) -> np.ndarray:
     prep = as_preprocessing(channels)
     raw = read_raw(path, draft_size=size, prep=prep)
     if raw.dtype == np.uint8 and (raw.ndim == 2 or raw.shape[-1] in (1, 3)) and prep.channels is None \
-            and prep.normalisation != "per-dataset":
+            and (prep.normalisation == "per-image" or (prep.normalisation == "bit-depth" and prep.bit_depth in (None, 8))):
         img = _resize_uint8(_pad_square(raw), size)
         return to_three_channels(img.astype(np.float32) * (1.0 / 255.0), None, path)
     unit = to_three_channels(to_unit_range(raw, prep, path), prep.channels, path)

@@ -411,3 +411,10 @@ def test_tiff_orientation_tag_is_applied(tmp_path):
     tifffile.imwrite(tmp_path / "o.tif", arr, extratags=[(274, 3, 1, 6, True)])  # 6: rotate 90 clockwise
     raw = read_raw(tmp_path / "o.tif")
     assert raw.shape == (30, 20) and raw[:5, -5:].min() == 1000  # marker now top-right
+
+
+def test_8bit_image_in_a_12bit_project_is_divided_by_4095(tmp_path):
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(tmp_path / "g.png")
+    out = load_for_model(tmp_path / "g.png", 16, Preprocessing(normalisation="bit-depth", bit_depth=12))
+    assert np.allclose(out, 200 / 4095, atol=1e-4)
+    assert np.allclose(load_for_model(tmp_path / "g.png", 16), 200 / 255, atol=1e-4)
