@@ -74,14 +74,19 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 # ---------------------------------------------------------------- defects
 
+def _named(stem: Path, suffix: str) -> Path:
+    """stem + suffix (Path.with_suffix would eat the '.5' of 'saturated_1.5_0007')."""
+    return stem.with_name(stem.name + suffix)
+
+
 def _save_png(arr: np.ndarray, path: Path) -> None:
     from PIL import Image
     import tifffile
 
     if arr.dtype == np.uint8:
-        Image.fromarray(arr).save(path.with_suffix(".png"))
+        Image.fromarray(arr).save(_named(path, ".png"))
     else:
-        tifffile.imwrite(path.with_suffix(".tif"), arr)
+        tifffile.imwrite(_named(path, ".tif"), arr)
 
 
 def _top(arr: np.ndarray) -> float:
@@ -146,7 +151,7 @@ def make_defect(kind: str, src: Path, dst_stem: Path, rng) -> Path:
     from trainer.images import read_raw
 
     if kind == "dup_exact":
-        dst = dst_stem.with_suffix(src.suffix.lower())
+        dst = _named(dst_stem, src.suffix.lower())
         shutil.copyfile(src, dst)
         return dst
     raw = read_raw(src)
@@ -162,7 +167,7 @@ def make_defect(kind: str, src: Path, dst_stem: Path, rng) -> Path:
         out = _shift(raw)
     elif kind == "dup_jpeg":
         a = raw if raw.dtype == np.uint8 else (raw / max(raw.max(), 1) * 255).astype(np.uint8)
-        dst = dst_stem.with_suffix(".jpg")
+        dst = _named(dst_stem, ".jpg")
         buf = io.BytesIO()
         Image.fromarray(a).save(buf, format="JPEG", quality=75)
         dst.write_bytes(buf.getvalue())
@@ -170,7 +175,7 @@ def make_defect(kind: str, src: Path, dst_stem: Path, rng) -> Path:
     else:
         raise ValueError(kind)
     _save_png(out, dst_stem)
-    return next(p for p in (dst_stem.with_suffix(".png"), dst_stem.with_suffix(".tif")) if p.exists())
+    return next(p for p in (_named(dst_stem, ".png"), _named(dst_stem, ".tif")) if p.exists())
 
 
 def build_round(clean: list[Path], data_root: Path, folder: Path, fraction: float, rng) -> dict:
@@ -325,6 +330,11 @@ def table(name: str, agg: dict, curves: dict, meta: dict) -> str:
                      + f" | {row['threshold_2pct']:.2f} px | "
                      + " | ".join(f"{row[f'blur_{s}']['recall_2pct']:.2f}" for s in BLURS) + " |")
     t = meta["timing"]
+    if not np.isfinite(t["embed_ms_per_image"]):
+        lines += ["", f"Time: QC pass {t['qc_ms_per_image']:.1f} ms/image (read {t['read_ms']:.1f} + measure "
+                  f"{t['measure_ms']:.1f} + focus fit/predict {t['focus_ms']:.1f} + FAISS {t['faiss_ms']:.2f}); "
+                  "embedding not timed in this run (embeddings came from the cache).", ""]
+        return "\n".join(lines)
     lines += ["", f"Time: QC pass {t['qc_ms_per_image']:.1f} ms/image (read {t['read_ms']:.1f} + measure "
               f"{t['measure_ms']:.1f} + focus fit/predict {t['focus_ms']:.1f} + FAISS {t['faiss_ms']:.2f}); "
               f"embedding {t['embed_ms_per_image']:.1f} ms/image on this CPU: the pixel pass without the read "

@@ -51,8 +51,9 @@ bits that holds the largest value in the pool (a 12-bit camera saved in 16-bit s
 4095), or `QCSettings.bit_depth`; float images the pool's largest value.
 
 When several verdicts apply, the first in this order wins: too_dark, saturated, blank,
-duplicate, out_of_focus, unusual (an empty black frame is "too dark", not "a duplicate of
-another empty black frame").
+out_of_focus (defects of the image itself), then duplicate, unusual (relations to the pool): an
+empty black frame is "too dark", not "a duplicate of another empty black frame", and a blurred
+repeat of a field is "out of focus".
 
 Focus without hand labels (after Yang et al., "Assessing microscope image focus quality with
 deep learning", BMC Bioinformatics 19:77, 2018): the project's own sharpest images (top quarter
@@ -86,7 +87,7 @@ import numpy as np
 from trainer.images import ImageReadError, SkipReport, image_key, list_images, read_raw
 
 VERDICTS = ("ok", "blank", "out_of_focus", "saturated", "too_dark", "duplicate", "unusual")
-PRIORITY = ("too_dark", "saturated", "blank", "duplicate", "out_of_focus", "unusual")
+PRIORITY = ("too_dark", "saturated", "blank", "out_of_focus", "duplicate", "unusual")
 DEFOCUS_LEVELS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 PATCH = 64  # patch side, working pixels
 MAX_PATCHES = 64
@@ -633,13 +634,13 @@ def _decide(r: QCResult, s: QCSettings, exact: bool) -> None:
         ("saturated", "saturated_share", r.saturated_share, r.saturated_share >= s.saturated, ">=", s.saturated),
         ("blank", "structure", r.structure, r.structure < s.blank, "<", s.blank),
     ]
+    dpx = r.laplacian_defocus_px if s.focus_method == "laplacian" else r.defocus_px
+    dname = "laplacian_defocus_px" if s.focus_method == "laplacian" else "defocus_px"
+    checks.append(("out_of_focus", dname, dpx, bool(np.isfinite(dpx) and dpx >= s.out_of_focus), ">=", s.out_of_focus))
     if r.duplicate_of:
         thr = 1.0 if exact else s.duplicate
         name = "identical pixels" if exact else "pixel_match"
         checks.append(("duplicate", name, r.pixel_match, True, ">=", thr))
-    dpx = r.laplacian_defocus_px if s.focus_method == "laplacian" else r.defocus_px
-    dname = "laplacian_defocus_px" if s.focus_method == "laplacian" else "defocus_px"
-    checks.append(("out_of_focus", dname, dpx, bool(np.isfinite(dpx) and dpx >= s.out_of_focus), ">=", s.out_of_focus))
     uz = r.unusual_z
     checks.append(("unusual", "unusual_z", uz, bool(np.isfinite(uz) and uz >= s.unusual), ">=", s.unusual))
     for verdict, name, val, hit, op, thr in checks:
