@@ -8,6 +8,8 @@ For every --data folder (e.g. an ImageFolder of real microscopy crops), each rou
     spread evenly over these kinds and strengths:
       blur_<s>        Gaussian blur sigma s = 1, 2, 3, 4, 6, 8 px, camera-like noise added back
                       at the source's own level (Immerkaer estimate), saved losslessly (PNG)
+      disk_<r>        pillbox (disk) blur of radius r = 6, 12 px (geometric defocus; the focus model
+                      is trained on Gaussians only, so this tests another point-spread function)
       blank           an empty field made of the image's own background: mean colour of the least
                       textured window (1/6 of the side), its fine texture tiled (native noise and
                       compression), a 3 % illumination gradient; no cell
@@ -55,9 +57,10 @@ sys.path.insert(0, str(ROOT))
 
 BLURS = (1, 2, 3, 4, 6, 8)
 GAINS = (1.5, 2.0, 3.0)
-KINDS = ([f"blur_{s}" for s in BLURS] + ["blank"] + [f"saturated_{g:g}" for g in GAINS] + ["dark_0.04"]
+DISKS = (6, 12)  # pillbox (disk) blur radius in px: a PSF the focus model never saw (~ sigma r/2)
+KINDS = ([f"blur_{s}" for s in BLURS] + [f"disk_{r}" for r in DISKS] + ["blank"] + [f"saturated_{g:g}" for g in GAINS] + ["dark_0.04"]
          + ["dup_exact", "dup_flip", "dup_shift", "dup_jpeg"])
-EXPECTED = {k: ("out_of_focus" if k.startswith("blur") else "saturated" if k.startswith("saturated")
+EXPECTED = {k: ("out_of_focus" if k.startswith(("blur", "disk")) else "saturated" if k.startswith("saturated")
                 else "too_dark" if k.startswith("dark") else "duplicate" if k.startswith("dup") else k) for k in KINDS}
 TARGET_RECALL, TARGET_FALSE = 0.95, 0.02
 
@@ -101,6 +104,22 @@ def _blur(raw: np.ndarray, sigma: float, rng) -> np.ndarray:
     a = raw.astype(np.float32)
     s = (sigma, sigma) + ((0,) if a.ndim == 3 else ())
     b = gaussian_filter(a, s, mode="reflect") + rng.normal(0, noise, a.shape).astype(np.float32)
+    return np.clip(np.round(b), 0, _top(raw)).astype(raw.dtype)
+
+
+def _disk(raw: np.ndarray, radius: int, rng) -> np.ndarray:
+    """Pillbox (geometric defocus) blur of `radius` px, camera-like noise added back."""
+    from scipy.ndimage import convolve
+    from trainer.quality import grey_plane, immerkaer_noise
+
+    noise = immerkaer_noise(grey_plane(raw)[0])
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    k = ((yy ** 2 + xx ** 2) <= radius ** 2).astype(np.float32)
+    k /= k.sum()
+    a = raw.astype(np.float32)
+    chans = [a] if a.ndim == 2 else [a[..., c] for c in range(a.shape[-1])]
+    b = np.stack([convolve(c, k, mode="reflect") for c in chans], -1) if a.ndim == 3 else convolve(a, k, mode="reflect")
+    b = b + rng.normal(0, noise, b.shape).astype(np.float32)
     return np.clip(np.round(b), 0, _top(raw)).astype(raw.dtype)
 
 
@@ -157,6 +176,8 @@ def make_defect(kind: str, src: Path, dst_stem: Path, rng) -> Path:
     raw = read_raw(src)
     if kind.startswith("blur_"):
         out = _blur(raw, float(kind.split("_")[1]), rng)
+    elif kind.startswith("disk_"):
+        out = _disk(raw, int(kind.split("_")[1]), rng)
     elif kind == "blank":
         out = _blank(raw)
     elif kind.startswith("saturated_") or kind.startswith("dark_"):
@@ -316,7 +337,7 @@ def table(name: str, agg: dict, curves: dict, meta: dict) -> str:
         d = agg["kinds"][k]
         lo, hi = wilson(d["hit"], d["n"])
         r = d["hit"] / max(d["n"], 1)
-        mark = " **<0.95**" if (k in ("blank", "dup_exact") or k.startswith("saturated")
+        mark = " **<0.95**" if (k in ("blank", "dup_exact") or k.startswith(("saturated", "disk"))
                                 or (k.startswith("blur") and int(k.split("_")[1]) >= 3)) and r < TARGET_RECALL else ""
         lines.append(f"| {k} | {EXPECTED[k]} | {d['n']} | {r:.2f} ({lo:.2f}-{hi:.2f}){mark} | "
                      f"{d['flagged'] / max(d['n'], 1):.2f} | {json.dumps(d['verdicts'])} |")
