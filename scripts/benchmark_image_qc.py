@@ -432,7 +432,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     from trainer.images import list_images
-    from trainer.quality import QCSettings, assess
+    from trainer.quality import QCSettings, assess, write_csv
 
     settings = QCSettings()
     out = Path(args.out)
@@ -460,6 +460,7 @@ def main(argv=None) -> int:
             report = assess(paths, keys, emb, keys if emb is not None else None, settings, seed=args.seed + rd)
             print(f"{name} round {rd}: {report.summary()}\n  seconds {report.seconds}", flush=True)
             timing.append((report.seconds, len(paths), esecs, n_new))
+            write_csv(report.results, out / f"qc_{name}_round{rd}.csv")  # every score, for the thresholds
             agg = merge(agg, score_round(report, truth))
             if rd == 0:
                 montage(report, folder, out / f"qc_montage_{name}.png")
