@@ -125,6 +125,17 @@ def test_replay_of_correct_labels_keeps_promoting(demo, tmp_path):
     assert len(held) <= KEEP_CANDIDATES
     assert len(ws.registry.version_log()) == 21  # the learning curve keeps every version
     print("\n".join(f"{i:2d} labels={10 + i}: {g['gate'][:60]} | {line}" for i, (g, line) in enumerate(zip(outcomes, lines))))
+    # the report on this project: the estimator's headline, one learning-curve row per version
+    from tests.trainer.test_report import _Rows
+    from trainer.report import build_report
+
+    summary = build_report(ws, tmp_path / "report.html")
+    p = _Rows()
+    p.feed((tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert p.headline.startswith(f"Quality of model {ws.registry.current()}: ") and lines[-1] in " ".join(p.headline.split())
+    rows = [r for r in p.rows if r["class"]]
+    assert len(rows) == len(summary["learning_curve"]) == 21
+    assert all("95% interval" in r["text"] or "not enough labels yet" in r["text"] for r in rows)
 
 
 def test_gate_on_the_sample_promotes_a_superset_and_holds_back_shuffled_labels(demo, tmp_path):
