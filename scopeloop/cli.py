@@ -175,9 +175,12 @@ def cmd_status(args) -> int:
     if cur:
         from trainer.estimate import from_metrics, headline
 
-        held = sum(1 for r in reg.version_log() if not r.get("promoted"))
-        print(f"  current model: {cur}; {len(reg.versions())} version(s) kept"
-              + (f" ({held} held back in all, older ones pruned)" if held else ""))
+        log, kept = reg.version_log(), set(reg.versions())
+        held = sum(1 for r in log if not r.get("promoted"))
+        pruned = sum(1 for r in log if r["version"] not in kept)
+        print(f"  current model: {cur}; {len(kept)} version(s) kept"
+              + (f"; {held} held back by the quality gate" if held else "")
+              + (f", {pruned} old held-back one(s) pruned" if pruned else ""))
         print(f"  quality: {headline(from_metrics(reg.read_json(cur, 'metrics.json')))}")
     else:
         print("  current model: none yet (label a few images of at least 2 classes)")
