@@ -67,6 +67,19 @@ class ModelRegistry:
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
+    def _last_logged(self) -> list[str]:
+        """The last version number in versions.jsonl (reads only the file's tail)."""
+        p = self.root / "versions.jsonl"
+        if not p.is_file():
+            return []
+        with open(p, "rb") as f:
+            f.seek(max(0, p.stat().st_size - 65536))
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+        try:
+            return [json.loads(lines[-1])["version"]] if lines else []
+        except (ValueError, KeyError):
+            return []
+
     def history(self) -> list[dict]:
         p = self.root / "promotions.jsonl"
         if not p.is_file():
@@ -92,7 +105,7 @@ class ModelRegistry:
         if not any(staged.iterdir()):
             raise RegistryError("refusing to publish an empty model folder")
         for _ in range(1000):
-            existing = self.versions() + [r["version"] for r in self.version_log()[-1:]]  # pruned numbers stay used
+            existing = self.versions() + self._last_logged()  # numbers of pruned versions stay used
             n = max(map(int, existing)) + 1 if existing else 1
             target = self.versions_dir / f"{n:03d}"
             try:
