@@ -436,6 +436,8 @@ def model_card(folder: Path, model, ood, ts_diff) -> str:
         r = per.get(c)
         if not r or not r["evaluated"]:
             return ["no evaluated images", "", ""]
+        if not est.get("enough"):  # no per-class score from too few labels
+            return ["not estimated yet", "", ""]
         return [f"{r['precision']:.2f}", f"{r['recall']:.2f} ({r['recall_low']:.2f}-{r['recall_high']:.2f})", f"{r['f1']:.2f}"]
 
     rows = [[c, tr.get(c, "?"), va.get(c, "?"), *cells(c)] for c in cfg.classes]
