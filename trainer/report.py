@@ -223,6 +223,69 @@ def _thumb(path, size: int = 112) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+class _Cam:
+    """Grad-CAM overlays (Selvaraju et al., ICCV 2017) for thumbnails, as notebook 02 draws them:
+    the backbone's last convolutional maps weighted by the gradient of the predicted class.
+    Warm colours = the regions that drove the decision. Computed within a time budget; an image
+    (or a model) it cannot explain gets the plain thumbnail."""
+
+    def __init__(self, model_dir, budget_s: float | None = None):
+        import os
+
+        budget_s = float(os.environ.get("SCOPELOOP_REPORT_CAM_S", "10")) if budget_s is None else budget_s
+        self.model = None
+        try:
+            from trainer.model import ScopeModel
+
+            self.model = ScopeModel.load(model_dir)
+        except Exception:  # no loadable model here (weights missing offline, ...): plain thumbnails
+            self.model = None
+        self.deadline = time.time() + budget_s
+
+    def thumb(self, path, size: int = 112) -> str:
+        if self.model is None or time.time() > self.deadline:
+            return _thumb(path, size)
+        try:
+            return self._overlay(path, size)
+        except Exception:
+            return _thumb(path, size)
+
+    def _overlay(self, path, size: int) -> str:
+        import matplotlib
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        from trainer.images import load_for_model
+
+        cfg, net = self.model.config, self.model.net.eval()
+        s = max(cfg.image_size, 160)  # at least a 5 x 5 map (one cell per 32 px)
+        img = load_for_model(path, s, getattr(cfg, "reader", None) or cfg.channels)
+        x = (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) - torch.tensor(cfg.mean).view(3, 1, 1)) \
+            / torch.tensor(cfg.std).view(3, 1, 1)
+        seen = []  # output of the last convolution run: the last feature maps, whatever wraps the backbone
+        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out))
+                 for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+        try:
+            with torch.enable_grad():
+                x = x[None].float().requires_grad_(True)
+                logits = net.head(net.backbone(x))
+                feats = seen[-1]
+                grad, = torch.autograd.grad(logits[0, int(logits.argmax())], feats)
+        finally:
+            for h in hooks:
+                h.remove()
+        cam = F.relu((grad.mean((2, 3), keepdim=True) * feats.detach()).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+        cam = cam / (cam.max() + 1e-8)
+        base = np.asarray(Image.fromarray((img * 255 + 0.5).astype(np.uint8)).resize((size, size)), np.float32) / 255
+        heat = matplotlib.colormaps["jet"](cam)[..., :3]
+        out = 0.6 * base + 0.4 * heat
+        buf = io.BytesIO()
+        Image.fromarray((out * 255 + 0.5).astype(np.uint8)).save(buf, format="JPEG", quality=85)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -331,10 +394,14 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
             summary["sections"].append("learning-curve")
 
     # images to look at -------------------------------------------------------
+    cam = None
     if preds is not None and len(preds["keys"]):
-        body.append(_uncertain_section(preds, tasks, images_root, max_thumbs))
+        cam = _Cam(reg.path(version)) if version else None
+        body.append(_uncertain_section(preds, tasks, images_root, max_thumbs, cam))
         summary["sections"].append("uncertain")
-    rr = _rereview_section(workspace, reg, version, tasks, classes, images_root, max_thumbs, folds) if version else None
+    if version and cam is None:
+        cam = _Cam(reg.path(version))
+    rr = _rereview_section(workspace, reg, version, tasks, classes, images_root, max_thumbs, folds, cam) if version else None
     if rr is not None:
         html_part, summary["rereview"] = rr
         body.append(html_part)
@@ -431,7 +498,7 @@ def _estimate_table(est: dict) -> str:
 UNSURE_MARGIN = 0.5  # top-1 minus top-2 probability below this: the model hesitates
 
 
-def _uncertain_section(preds, tasks, images_root, k) -> str:
+def _uncertain_section(preds, tasks, images_root, k, cam=None) -> str:
     """Unlabeled images the model hesitates on (margin < UNSURE_MARGIN), most hesitant first;
     never labeled images, never confident ones padded in to fill the row."""
     keys, probs = preds["keys"].tolist(), preds["probs"]
@@ -443,14 +510,15 @@ def _uncertain_section(preds, tasks, images_root, k) -> str:
     items = []
     for i in pool[:k]:
         a, b = np.argsort(probs[i])[::-1][:2]
-        items.append({"key": keys[i], "thumb": _thumb(images_root / keys[i]),
+        items.append({"key": keys[i], "thumb": (cam.thumb if cam else _thumb)(images_root / keys[i]),
                       "text": f"{pcls[a]} {probs[i][a]:.2f} vs {pcls[b]} {probs[i][b]:.2f}"})
     return ('<h2 id="uncertain">Most uncertain images</h2><p>Not yet labeled images on which the model hesitates '
             f"between two classes (top-two probability gap below {UNSURE_MARGIN}): labeling them teaches it the most. "
-            f"{len(pool)} of {len(unl)} unlabeled images are this uncertain.</p>" + _cards(items, "uncertain"))
+            f"{len(pool)} of {len(unl)} unlabeled images are this uncertain. Warm colours, where shown: where the "
+            "model looked (Grad-CAM, within a time budget).</p>" + _cards(items, "uncertain"))
 
 
-def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, folds):
+def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, folds, cam=None):
     """Most confused class pairs and labels the out-of-fold model contradicts (from embeddings)."""
     cfg = reg.read_json(version, "config.json")
     if not cfg:
@@ -458,6 +526,7 @@ def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, f
     ckeys, emb = workspace.embeddings(backbone_id(cfg)).load()
     if emb is None:
         return None
+    thumb = cam.thumb if cam is not None else _thumb
     row = {key: i for i, key in enumerate(ckeys)}
     keys = sorted(key for key in tasks if key in row and tasks[key]["label"] in classes)
     if len(keys) < 2 * folds:
@@ -475,7 +544,7 @@ def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, f
     parts = ['<h2 id="confused">Most confused classes</h2><p>Class pairs the model mixes up most often (out-of-fold, '
              f"{int(ok.sum())} labeled images), with examples.</p>"]
     for (a, b), rows in confused:
-        items = [{"key": keys[i], "thumb": _thumb(images_root / keys[i]), "text": f"labeled {classes[a]}, looks like "
+        items = [{"key": keys[i], "thumb": thumb(images_root / keys[i]), "text": f"labeled {classes[a]}, looks like "
                   f"{classes[b]} ({probs[i, b]:.2f})"} for i in rows[:4]]
         parts.append(f"<h3>{html.escape(classes[a])} taken for {html.escape(classes[b])}: {len(rows)} images</h3>"
                      + _cards(items, "confused"))
@@ -484,10 +553,11 @@ def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, f
     items = []
     for i in wrong[:k]:
         t = tasks[keys[i]]
-        items.append({"key": keys[i], "thumb": _thumb(images_root / keys[i]),
+        items.append({"key": keys[i], "thumb": thumb(images_root / keys[i]),
                       "text": f"label {classes[y[i]]}; model {classes[pred[i]]} ({probs[i, pred[i]]:.2f})"
                               + ("; annotators disagree" if t.get("disagreement") else "")})
     parts.append('<h2 id="rereview">Candidates for re-review</h2><p>Labels that a model trained without them contradicts, '
-                 "most confident first. Often a mislabel, sometimes a truly ambiguous cell: worth a second look.</p>"
+                 "most confident first. Often a mislabel, sometimes a truly ambiguous cell: worth a second look. Warm "
+                 "colours, where shown: where the model looked (Grad-CAM, within a time budget).</p>"
                  + _cards(items, "rereview"))
     return "".join(parts), [keys[i] for i in wrong]
