@@ -241,10 +241,9 @@ class Refresher:
             elif not cmp["n"]:
                 promote, reason = True, "promoted: no labeled image both models could be judged on yet"
             else:
-                f1 = cmp["macro_f1"]
                 words = (f"out-of-fold on the same {cmp['n']} labeled images, the labeled class gets mean probability "
                          f"{cmp['a']:.2f} vs {cmp['b']:.2f} from the current model's recipe (difference {cmp['diff']:+.2f}, "
-                         f"95% interval {cmp['low']:+.2f} to {cmp['high']:+.2f}; macro-F1 {f1['a']:.2f} vs {f1['b']:.2f})")
+                         f"95% interval {cmp['low']:+.2f} to {cmp['high']:+.2f})")
                 if cmp["high"] < -GATE_TOLERANCE:
                     promote, reason = False, f"held back: worse with confidence: {words}, wholly below -{GATE_TOLERANCE}"
                 else:
