@@ -212,7 +212,8 @@ class Refresher:
         C = len(self.classes)
         space, _ = self.space()
         cur_head, cur_space = _current_head(self.ws)
-        folds = assign_folds(yv, FOLDS)
+        groups = self._groups(lab_keys)
+        folds = assign_folds(yv, FOLDS, groups)
         k = int(folds.max()) + 1
         judged = self._judgeable(lab_keys)
         try:
@@ -228,14 +229,15 @@ class Refresher:
         ok = judged & ~np.isnan(oof[:, 0])
         pred = np.nan_to_num(oof, nan=-1.0).argmax(1)
         counts = {c: int((yv == i).sum()) for i, c in enumerate(self.classes)}
-        method = f"{k}-fold cross-validation" + ("" if judged.all() else
+        method = f"{k}-fold cross-validation" + (" by group (project group_pattern)" if groups is not None else "") + ("" if judged.all() else
                                                  f" on the {int(judged.sum())} images the fine-tuned backbone did not train on")
-        est = estimate(yv[ok], pred[ok], self.classes, labeled_counts=counts, method=method, inflation=cv_inflation(k))
+        est = estimate(yv[ok], pred[ok], self.classes, None if groups is None else groups[ok], labeled_counts=counts,
+                       method=method, inflation=cv_inflation(k))
         cmp = None
         if self.ws.registry.current() is None:
             promote, reason = True, "first model"
         else:
-            cmp = self._compare_with_current(lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all)
+            cmp = self._compare_with_current(lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all, groups)
             if cmp is None:
                 promote, reason = True, "promoted without comparison: the current model has no record of its training labels"
             elif not cmp["n"]:
@@ -269,6 +271,24 @@ class Refresher:
                 probs = fallback.predict_proba(emb_all)
         return version, probs
 
+    def _groups(self, lab_keys) -> np.ndarray | None:
+        """Group of each labeled image (e.g. its slide) from the project's `group_pattern`, a regular
+        expression on the file name (first capture group, else the whole match; no match: the image
+        is its own group). Whole groups then share a fold and are resampled together, so crops of
+        one slide never judge each other. None without a pattern."""
+        import re
+
+        pattern = self.ws.project.get("group_pattern")
+        if not pattern:
+            return None
+        rx = re.compile(pattern)
+
+        def group(key):
+            m = rx.search(Path(key).name)
+            return m.group(m.lastindex or 0) if m else key
+
+        return np.array([group(k) for k in lab_keys])
+
     def _judgeable(self, lab_keys) -> np.ndarray:
         """Images an out-of-fold estimate may judge: not those a fine-tuned backbone trained on
         (its embeddings already encode their labels, out-of-fold heads would look too good)."""
@@ -276,7 +296,7 @@ class Refresher:
         seen = set(read_json(Path(ft).with_suffix(".keys.json"), [])) if ft else set()
         return np.array([k not in seen for k in lab_keys], dtype=bool)
 
-    def _compare_with_current(self, lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all):
+    def _compare_with_current(self, lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all, groups=None):
         """Paired out-of-fold comparison of the candidate with the current model's recipe (see
         `_train_and_gate`); None when the current model has no stored training labels."""
         from trainer.estimate import out_of_fold_proba, paired_difference, paired_probability_difference
@@ -309,8 +329,9 @@ class Refresher:
         # all training labels, so the fold-to-fold variation that inflates a single estimate
         # largely cancels in their difference; per image (not per class) weights keep a class
         # of 3 images from deciding alone
-        out = paired_probability_difference(yv[rows], oof[rows], p_cur[keep], balanced=False)
-        f1 = paired_difference(yv[rows], oof[rows].argmax(1), p_cur[keep].argmax(1), len(self.classes))
+        g = None if groups is None else groups[rows]
+        out = paired_probability_difference(yv[rows], oof[rows], p_cur[keep], g, balanced=False)
+        f1 = paired_difference(yv[rows], oof[rows].argmax(1), p_cur[keep].argmax(1), len(self.classes), g)
         return dict(out, macro_f1=f1)
 
     def _save(self, kind, head, lab_keys, X, y, promote, reason, est, ok, pred, cmp) -> tuple[str, list[str]]:

@@ -170,3 +170,22 @@ def test_failed_training_is_held_back(demo, tmp_path, monkeypatch):
     v2, probs, gate = r._train_and_gate("quick", lab, y, X, emb, keys)
     assert not gate["promoted"] and gate["gate"].startswith("held back: training failed") and v2 == v1
     assert ws.registry.versions() == [v1] and np.isfinite(probs).all()
+
+
+def test_group_pattern_makes_folds_and_intervals_group_aware(demo, tmp_path):
+    """With a project group_pattern (e.g. the slide in the file name), crops of one group share a
+    fold and are resampled together: the estimate says so and its interval is not narrower."""
+    r, ws, keys, emb, truth, classes = _fresh(demo, tmp_path)
+    row = {k: i for i, k in enumerate(keys)}
+    lab = sorted(keys)
+    y = [classes.index(truth[k]) for k in lab]
+    r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+    plain = ws.registry.read_json(ws.registry.current(), "metrics.json")["estimate"]
+    ws.update_project(group_pattern=r"BloodImage_(\d{3})")  # 10 source images per group
+    assert len(set(r._groups(lab))) < len(lab) / 3
+    _, _, gate = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+    grouped = ws.registry.read_json(ws.registry.current(), "metrics.json")["estimate"]
+    assert "by group" in grouped["method"] and "by group" not in plain["method"]
+    assert gate["promoted"] and gate["comparison"]["n"] > 0
+    a, b = grouped["metrics"]["accuracy"], plain["metrics"]["accuracy"]
+    assert a["high"] - a["low"] >= (b["high"] - b["low"]) - 0.02
