@@ -29,13 +29,14 @@ For every --data folder (e.g. an ImageFolder of real microscopy crops), each rou
 Both focus methods are scored on the same images: the learned defocus model (the default) and
 the normalised variance of the Laplacian calibrated on the same synthetic defocus; for each,
 recall per blur sigma at the default threshold and at the threshold that flags 2 % of the clean
-images, plotted in <out>/qc_blur_recall.png. <out>/qc_montage.png shows examples per verdict.
+images, plotted in <out>/qc_blur_recall.png. <out>/qc_montage_<set>.png shows examples per verdict; <out>/qc_<set>_round<r>.csv every score.
 
-Run (2 CPU cores: ~4 min for bccd_wbc with 6 rounds, ~12 min for pbc_blood with 1 round):
+Run (2 CPU cores shared with other jobs: ~4 min once the embeddings are cached, plus ~3 min
+per 1,000 new images to embed); the results in docs/benchmarks.md come from:
 
     flock /tmp/scopeloop-heavy.lock nice -n 10 .venv/bin/python scripts/benchmark_image_qc.py \\
-        --data ../shared/data/bccd_wbc --rounds 6 --data ../shared/data/pbc_blood --rounds 1 \\
-        --work test-artifacts/image_qc --out test-artifacts/image_qc
+        --data ../shared/data/bccd_wbc --rounds 6 --data ../shared/data/pbc_blood --rounds 2 --limit 1200 \\
+        --work test-artifacts/image_qc --out test-artifacts/image_qc/all
 """
 from __future__ import annotations
 
