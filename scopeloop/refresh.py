@@ -163,7 +163,7 @@ class Refresher:
         labels = {k: v for k, v in labels_by_key(snapshot).items() if v in self.classes and k in task_ids}
         t_sync = time.time()
         if kind == "deep" and len(set(labels.values())) >= 2:
-            self._deep_finetune(labels)
+            self._deep_finetune(labels, sorted(task_ids))
         keys, emb = self.embed_all(sorted(task_ids))
         row = {k: i for i, k in enumerate(keys)}
         t_embed = time.time()
@@ -398,13 +398,33 @@ class Refresher:
                            self.model_cfg["image_size"], self.model_cfg.get("channels"), list(pre.mean), list(pre.std), src,
                            features=self.model_cfg.get("features", DEFAULT_FEATURES))
 
-    def _deep_finetune(self, labels: dict) -> None:
-        """Fine-tune the backbone on all labels; the fine-tuned backbone defines a new space."""
+    def _self_supervised(self, pool_keys: list[str], epochs: int) -> Path:
+        """Adapt the backbone to the project's own images (trainer.ssl); returns its file."""
+        from trainer.ssl import SSLConfig, adapt, save_backbone
+
+        net, pre, _ = self._backbone(None)
+        cfg = SSLConfig(epochs=epochs, device=self.device,
+                        max_images=int(os.environ.get("SCOPELOOP_SSL_MAX_IMAGES", "20000")))
+        res = adapt(net, [self.ws.images_root / k for k in pool_keys], self.model_cfg["image_size"], pre.mean, pre.std,
+                    self.model_cfg.get("channels"), cfg, log=self.log)
+        path = save_backbone(res.backbone, self.ws.root / "backbones")
+        self.ws.update_project(last_ssl={"epochs": epochs, "images": len(pool_keys), "history": res.history,
+                                         "views_per_second": round(res.images_per_second, 1), "backbone": path.name})
+        return path
+
+    def _deep_finetune(self, labels: dict, pool_keys: list[str] | None = None) -> None:
+        """Fine-tune the backbone on all labels; the fine-tuned backbone defines a new space.
+
+        With SCOPELOOP_SSL_EPOCHS > 0 (off by default: its benefit is not measured yet, see
+        docs/benchmarks.md), the backbone first adapts to the whole pool without labels."""
         from trainer.training import TrainConfig, train
 
         keys = sorted(labels)
         root = self.ws.images_root
-        cfg = TrainConfig(backbone=self.model_cfg["backbone"], weights=self.model_cfg.get("weights", "imagenet"),
+        ssl_epochs = int(os.environ.get("SCOPELOOP_SSL_EPOCHS", "0"))
+        start = (str(self._self_supervised(pool_keys or keys, ssl_epochs)) if ssl_epochs > 0
+                 else self.model_cfg.get("weights", "imagenet"))
+        cfg = TrainConfig(backbone=self.model_cfg["backbone"], weights=start,
                           mode="full", image_size=self.model_cfg["image_size"], channels=self.model_cfg.get("channels"),
                           features=self.model_cfg.get("features", DEFAULT_FEATURES),
                           epochs=int(os.environ.get("SCOPELOOP_DEEP_EPOCHS", "10")), device=self.device)

@@ -1,20 +1,26 @@
 #!/usr/bin/env python
-"""Label-efficiency benchmark: how many labels does each sampling strategy need?
+"""Label-efficiency benchmark: how many labels do the learner and the sampler need?
 
 Simulates the labeling loop on any ImageFolder data set, its folder labels playing the
-annotator: embed every image once with the backbone (cached in <out>/embeddings.npz), hold
-out a stratified test split, then per seed and strategy: pick a batch of B images
-(`sampler.select`), reveal their labels, refit the one fixed recipe (`--recipe head`: a linear
-head on the frozen embeddings; `--recipe refresh`: what a quick refresh runs, with its validation
-split and early stopping), score macro-F1 / accuracy on the test split, repeat.
+annotator: embed every image once (both embeddings in one pass, cached in
+<out>/embeddings.npz), hold out a stratified test split, then per seed, recipe (`--recipes`:
+the retraining rule) and strategy (`--strategies`: the picking rule): pick a batch of B
+images (`sampler.select`), reveal their labels, refit, score macro-F1 / accuracy on the test
+split, repeat. Recipes: `head` (today's linear head on the pre-logits embedding: the
+reference), `multiscale` (scopeloop's quick learner), `multiscale+self` (plus self-training).
 
-Outputs in --out: learning_curves.png, results.json (every point, means, headline numbers:
-labels to first reach 95% / 98% of the full-label macro-F1 and the ratio to random; per round,
-each strategy minus random on the same seed with a 95% interval, and the rounds where the
-whole interval is below 0). On a few hundred images one test image changing class moves
-macro-F1 by ~0.05: use `--seeds 20` before reading anything into a late-round difference.
+Headline numbers (results.json "headline", and the PNG's title):
+* product ratio: labels a recipe/strategy needs to reach 95% of the reference's full-label
+  macro-F1, divided by what random picks + the reference recipe need (what a lab saves
+  against labeling at random and training the usual transfer-learning probe);
+* active-learning ratio: a strategy vs random picks with the same recipe, to 95% of that
+  recipe's own full-label macro-F1;
+* ceilings: each recipe's full-label macro-F1 and its gain over the reference (95% interval);
+* per round, each strategy minus random on the same seed with a 95% interval, and the rounds
+  where the whole interval is below 0. On a few hundred images one test image changing class
+  moves macro-F1 by ~0.05: use `--seeds 20` before reading anything into a difference.
 
-    python scripts/benchmark_label_efficiency.py --data /work/shared/data/bccd_wbc
+    python scripts/benchmark_label_efficiency.py --data ../shared/data/bccd_wbc --seeds 20
     python scripts/benchmark_label_efficiency.py --make-synthetic /tmp/synth_cells   # 16-bit 4-channel TIFFs
     python scripts/benchmark_label_efficiency.py --data /tmp/synth_cells --out test-artifacts/le_synth
 """
@@ -118,31 +124,57 @@ def make_synthetic(root, seed=0, size=96):
     return root
 
 
+class _RawParts:
+    """Wraps a `trainer.features.MultiScaleEmbedder` so that one pass returns every pooled block
+    of both orientations side by side: both embeddings ("final" = the first view's pre-logits,
+    today's; "multiscale") come from one cached matrix."""
+
+    def __new__(cls, emb):
+        import torch
+
+        class RawParts(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = emb
+                self.num_features = 2 * emb.num_features
+
+            def forward(self, x):
+                return torch.cat([b for view in self.emb.parts(x) for b in view], 1)
+
+        return RawParts()
+
+
 def embed_dataset(root, out, backbone, image_size, channels=None):
-    """Embeddings of every image (cached: <out>/embeddings.npz), their labels and classes."""
+    """Both embeddings of every image (cached: <out>/embeddings.npz, raw pooled blocks of the two
+    orientations): ({"final": (N, D), "multiscale": (N, D')}, labels, keys, classes, skipped)."""
+    from trainer.backbone import create_backbone
+    from trainer.features import combine
     from trainer.images import image_key, scan_imagefolder
-    from trainer.inference import embed_paths
+    from trainer.inference import run_model
 
     items, classes = scan_imagefolder(root)
     keys = [image_key(p, root) for p, _ in items]
     labels = np.array([classes.index(c) for _, c in items], np.int64)
     cache = Path(out) / "embeddings.npz"
-    meta = f"{backbone}|{image_size}|{channels}"
-    if cache.is_file():
+    meta = f"{backbone}|{image_size}|{channels}|parts-v1"
+    z = np.load(cache, allow_pickle=False) if cache.is_file() else None
+    if z is None or str(z["meta"]) != meta or list(z["all_keys"]) != keys:
+        t0 = time.time()
+        emb, pre, _ = create_backbone(backbone, "imagenet", "multiscale")
+        res = run_model(_RawParts(emb), [p for p, _ in items], image_size, pre.mean, pre.std, channels,
+                        batch_size=64, desc="embedding")
+        print(f"embedded {len(res.rows)} images in {time.time() - t0:.1f} s ({len(items) - len(res.rows)} skipped)")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        np.savez(cache, raw=res.embeddings.astype(np.float32), dims=np.array(emb.block_dims), ok_rows=res.rows,
+                 all_keys=np.array(keys), meta=np.array(meta),
+                 skipped=np.array(json.dumps(list(getattr(res.skipped, "skipped", []) or []))))
         z = np.load(cache, allow_pickle=False)
-        if str(z["meta"]) == meta and list(z["all_keys"]) == keys:
-            ok = z["ok_rows"]
-            return z["emb"], labels[ok], [keys[i] for i in ok], classes, json.loads(str(z["skipped"]))
-    t0 = time.time()
-    emb, rows, skipped = embed_paths([p for p, _ in items], backbone=backbone, image_size=image_size,
-                                     channels=channels, batch_size=64)
-    rows = np.asarray(rows, np.int64)
-    skipped_list = list(getattr(skipped, "skipped", []) or [])
-    print(f"embedded {len(rows)} images in {time.time() - t0:.1f} s ({len(items) - len(rows)} skipped)")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    np.savez(cache, emb=emb.astype(np.float32), ok_rows=rows, all_keys=np.array(keys), meta=np.array(meta),
-             skipped=np.array(json.dumps(skipped_list)))
-    return emb, labels[rows], [keys[i] for i in rows], classes, skipped_list
+    raw, dims, ok = z["raw"], [int(d) for d in z["dims"]], z["ok_rows"]
+    cuts = np.cumsum([0] + dims * 2)
+    blocks = [raw[:, cuts[i]:cuts[i + 1]] for i in range(len(cuts) - 1)]
+    views = [blocks[:len(dims)], blocks[len(dims):]]
+    spaces = {"final": np.ascontiguousarray(views[0][-1]), "multiscale": combine(views).astype(np.float32)}
+    return spaces, labels[ok], [keys[i] for i in ok], classes, json.loads(str(z["skipped"]))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -177,26 +209,23 @@ def stratified_split(y, test_frac, seed, notes):
 
 
 RECIPES = {
-    "head": "trainer.head.fit_head on every labeled image (linear head on frozen embeddings, "
-            "class_weight=balanced, fit to convergence)",
-    "refresh": "what a quick refresh runs: validation images chosen by key hash "
-               "(scopeloop.refresh.fixed_split), trainer.head.fit_head on the rest with early stopping",
+    "head": ("final", "today's quick head, the reference: trainer.head.fit_head (linear, class-balanced) on "
+                      "the frozen backbone's pre-logits embedding"),
+    "multiscale": ("multiscale", "the same head on the multiscale embedding (trainer.features: last two stages + "
+                                 "pre-logits, two orientations)"),
+    "multiscale+self": ("multiscale", "multiscale, plus one round of class-balanced self-training on the pool "
+                                      "(fit_head X_unlabeled: trainer.head.pseudo_labels)"),
 }
+DEFAULT_RECIPE = "multiscale"  # what scopeloop's quick refresh runs (trainer.features.DEFAULT_FEATURES)
 
 
-def recipe_fit(name, n_classes, keys, seed):
-    """fit(rows, X, y) -> head for the named recipe; the same for every strategy."""
+def recipe_fit(name, n_classes, seed):
+    """fit(X_labeled, y, X_unlabeled) -> head for the named recipe; the same for every strategy."""
     from trainer.head import fit_head
 
-    if name == "head":
-        return lambda rows, X, y: fit_head(X, y, n_classes, seed=seed)
-    from scopeloop.refresh import fixed_split
-
-    def fit(rows, X, y):
-        tr, va = fixed_split([keys[r] for r in rows], y.tolist())
-        return fit_head(X[tr], y[tr], n_classes, seed=seed, X_val=X[va] if va else None,
-                        y_val=y[va] if va else None)
-    return fit
+    if name.endswith("+self"):
+        return lambda X, y, Xu: fit_head(X, y, n_classes, seed=seed, X_unlabeled=Xu)
+    return lambda X, y, Xu: fit_head(X, y, n_classes, seed=seed)
 
 
 def run_curve(x, y, fit, strategy, seed, batch, max_labels, eval_classes, xt, yt, class_names):
@@ -209,7 +238,7 @@ def run_curve(x, y, fit, strategy, seed, batch, max_labels, eval_classes, xt, yt
         rows = [p.row for p in picks]
         assert len(rows) and not mask[rows].any() and len(set(rows)) == len(rows)
         mask[rows] = True
-        head = fit(np.flatnonzero(mask), x[mask], y[mask])
+        head = fit(x[mask], y[mask], x[~mask])
         pred = head.predict_proba(xt).argmax(1)
         points.append({"labels": int(mask.sum()), "macro_f1": macro_f1(yt, pred, eval_classes),
                        "accuracy": float(np.mean(pred == yt)),
@@ -248,26 +277,54 @@ def first_reach(labels, values, level):
     return None
 
 
+def curve_name(recipe, strategy):
+    return f"{recipe}/{strategy}"
+
+
+def summarise(results, full_f1, ref_full):
+    """Per curve: mean/s.d. per round and labels to reach 95% / 98% of its recipe's full-label
+    macro-F1 and 95% of the reference's."""
+    summary = {}
+    for name, curves in results.items():
+        recipe = name.split("/")[0]
+        n = min(len(c) for c in curves)
+        labels = [curves[0][i]["labels"] for i in range(n)]
+        f1 = np.array([[c[i]["macro_f1"] for i in range(n)] for c in curves])
+        acc = np.array([[c[i]["accuracy"] for i in range(n)] for c in curves])
+        summary[name] = {"labels": labels, "f1_mean": f1.mean(0).tolist(), "f1_std": f1.std(0).tolist(),
+                         "acc_mean": acc.mean(0).tolist(), "acc_std": acc.std(0).tolist(),
+                         "labels_to_95": first_reach(labels, f1.mean(0), 0.95 * full_f1[recipe]),
+                         "labels_to_98": first_reach(labels, f1.mean(0), 0.98 * full_f1[recipe]),
+                         "labels_to_95_of_reference": first_reach(labels, f1.mean(0), 0.95 * ref_full)}
+    return summary
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/work/shared/data/bccd_wbc", help="ImageFolder root")
+    ap.add_argument("--data", help="ImageFolder root (one folder per class)")
     ap.add_argument("--out", default=None, help="output folder (default test-artifacts/label_efficiency/<data name>)")
     ap.add_argument("--make-synthetic", metavar="DIR", help="write the synthetic 16-bit TIFF set to DIR and exit")
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
     ap.add_argument("--image-size", type=int, default=224, help="embedding size (default: the product's 224 px)")
     ap.add_argument("--channels", default=None, help="e.g. 0,1,2: image channels fed to the backbone")
-    ap.add_argument("--batch", type=int, default=10, help="labels per round (B)")
+    ap.add_argument("--batch", type=int, default=None, help="labels per round (B; default 2%% of the pool, at least 4)")
     ap.add_argument("--max-labels", type=int, default=None, help="stop at this many labels (default: whole pool)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--test-frac", type=float, default=0.3)
-    ap.add_argument("--recipe", choices=sorted(RECIPES), default="head",
-                    help="retraining recipe, the same for every strategy: " +
-                         "; ".join(f"{k} = {v}" for k, v in RECIPES.items()))
-    ap.add_argument("--strategies", default=",".join(sampler.STRATEGIES))
+    ap.add_argument("--recipes", default=f"head,{DEFAULT_RECIPE}",
+                    help="retraining recipes (the first is the reference, normally 'head'): " +
+                         "; ".join(f"{k} = {v[1]}" for k, v in RECIPES.items()))
+    ap.add_argument("--strategies", default="random,hybrid", help=f"of {', '.join(sampler.STRATEGIES)}")
     args = ap.parse_args()
     if args.make_synthetic:
         print(f"wrote {make_synthetic(args.make_synthetic)}")
         return
+    if not args.data:
+        ap.error("--data <ImageFolder> is required (or --make-synthetic DIR)")
     import torch
 
     torch.set_flush_denormal(True)
@@ -276,113 +333,135 @@ def main():
     out = Path(args.out or ROOT / "test-artifacts" / "label_efficiency" / data.name)
     out.mkdir(parents=True, exist_ok=True)
     channels = [int(c) for c in args.channels.split(",")] if args.channels else None
-    emb, y, keys, classes, skipped = embed_dataset(data, out, args.backbone, args.image_size, channels)
+    spaces, y, keys, classes, skipped = embed_dataset(data, out, args.backbone, args.image_size, channels)
     n_classes = len(classes)
     counts = {classes[c]: int(n) for c, n in enumerate(np.bincount(y, minlength=n_classes))}
+    recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {unknown}: choose from {', '.join(RECIPES)}")
     strategies = args.strategies.split(",")
     if "random" not in strategies:
         strategies.insert(0, "random")
     notes_small: set[int] = set()
-    results = {s: [] for s in strategies}
-    full = []
+    results = {curve_name(r, s): [] for r in recipes for s in strategies}
+    full = {r: [] for r in recipes}
+    batch = args.batch
     t0 = time.time()
     for seed in range(args.seeds):
         test = stratified_split(y, args.test_frac, seed, notes_small)
-        x, yp, xt, yt = emb[~test], y[~test], emb[test], y[test]
+        yp, yt = y[~test], y[test]
         eval_classes = sorted(set(yt.tolist()))
-        max_labels = min(args.max_labels or len(x), len(x))
-        fit = recipe_fit(args.recipe, n_classes, [k for k, t in zip(keys, test) if not t], seed)
-        head = fit(np.arange(len(x)), x, yp)
-        pred = head.predict_proba(xt).argmax(1)
-        full.append({"macro_f1": macro_f1(yt, pred, eval_classes), "accuracy": float(np.mean(pred == yt)),
-                     "pool": int(len(x)), "test": int(len(xt))})
-        for s in strategies:
-            results[s].append(run_curve(x, yp, fit, s, seed, args.batch, max_labels, eval_classes,
-                                        xt, yt, classes))
-        print(f"seed {seed} done ({time.time() - t0:.0f} s): full-label macro-F1 {full[-1]['macro_f1']:.3f}", flush=True)
+        batch = args.batch or max(4, int(round(0.02 * len(yp))))
+        max_labels = min(args.max_labels or len(yp), len(yp))
+        for r in recipes:
+            emb = spaces[RECIPES[r][0]]
+            x, xt = emb[~test], emb[test]
+            fit = recipe_fit(r, n_classes, seed)
+            pred = fit(x, yp, x[:0]).predict_proba(xt).argmax(1)
+            full[r].append({"macro_f1": macro_f1(yt, pred, eval_classes), "accuracy": float(np.mean(pred == yt)),
+                            "pool": int(len(x)), "test": int(len(xt))})
+            for s in strategies:
+                results[curve_name(r, s)].append(run_curve(x, yp, fit, s, seed, batch, max_labels, eval_classes,
+                                                           xt, yt, classes))
+        print(f"seed {seed} done ({time.time() - t0:.0f} s): full-label macro-F1 "
+              + ", ".join(f"{r} {full[r][-1]['macro_f1']:.3f}" for r in recipes), flush=True)
 
-    full_f1 = float(np.mean([f["macro_f1"] for f in full]))
-    summary = {}
-    for s in strategies:
-        n = min(len(c) for c in results[s])
-        labels = [results[s][0][i]["labels"] for i in range(n)]
-        f1 = np.array([[c[i]["macro_f1"] for i in range(n)] for c in results[s]])
-        acc = np.array([[c[i]["accuracy"] for i in range(n)] for c in results[s]])
-        summary[s] = {"labels": labels, "f1_mean": f1.mean(0).tolist(), "f1_std": f1.std(0).tolist(),
-                      "acc_mean": acc.mean(0).tolist(), "acc_std": acc.std(0).tolist(),
-                      "labels_to_95": first_reach(labels, f1.mean(0), 0.95 * full_f1),
-                      "labels_to_98": first_reach(labels, f1.mean(0), 0.98 * full_f1)}
-    rnd = summary["random"]
-    for s, v in summary.items():
-        for lvl in ("95", "98"):
-            a, b = v[f"labels_to_{lvl}"], rnd[f"labels_to_{lvl}"]
-            v[f"ratio_to_random_{lvl}"] = round(a / b, 3) if a and b else None
-        m = min(len(v["f1_mean"]), len(rnd["f1_mean"]))
-        worse = [(v["labels"][i], round(v["f1_mean"][i] - rnd["f1_mean"][i], 4)) for i in range(1, m)
-                 if v["f1_mean"][i] < rnd["f1_mean"][i]]
-        v["rounds_worse_than_random_after_first"] = worse
-        v["mean_f1_gain_over_random"] = round(float(np.mean(np.array(v["f1_mean"][:m]) - np.array(rnd["f1_mean"][:m]))), 4)
-        v.update(paired_difference(results[s], results["random"]))
-    headline = {s: {k: summary[s][k] for k in ("labels_to_95", "labels_to_98", "ratio_to_random_95",
-                                                 "ratio_to_random_98", "mean_f1_gain_over_random")}
-                | {"n_rounds_worse_than_random_after_first": len(summary[s]["rounds_worse_than_random_after_first"]),
-                   "rounds_significantly_worse_than_random": summary[s]["rounds_significantly_worse_than_random"]}
-                for s in strategies}
+    full_f1 = {r: float(np.mean([f["macro_f1"] for f in full[r]])) for r in recipes}
+    ref, ref_curve = recipes[0], curve_name(recipes[0], "random")
+    summary = summarise(results, full_f1, full_f1[ref])
+    for name, v in summary.items():
+        recipe = name.split("/")[0]
+        rnd = summary[curve_name(recipe, "random")]
+        # active-learning ratio: this strategy vs random picks, same recipe, to 95% of its own ceiling
+        v["active_learning_ratio_95"] = _ratio(v["labels_to_95"], rnd["labels_to_95"])
+        v["active_learning_ratio_98"] = _ratio(v["labels_to_98"], rnd["labels_to_98"])
+        # product ratio: vs random picks + the reference recipe, to 95% of the reference's ceiling
+        v["product_ratio_95"] = _ratio(v["labels_to_95_of_reference"], summary[ref_curve]["labels_to_95_of_reference"])
+        v.update(paired_difference(results[name], results[curve_name(recipe, "random")]))
+    headline = {name: {k: v[k] for k in ("labels_to_95", "labels_to_95_of_reference", "active_learning_ratio_95",
+                                          "active_learning_ratio_98", "product_ratio_95",
+                                          "rounds_significantly_worse_than_random")}
+                for name, v in summary.items()}
+    ceilings = {r: {"macro_f1": round(full_f1[r], 4), "gain_over_reference": round(full_f1[r] - full_f1[ref], 4),
+                    "gain_ci95": _paired_ci([f["macro_f1"] for f in full[r]], [f["macro_f1"] for f in full[ref]])}
+                for r in recipes}
     report = {
-        "data": str(data), "classes": classes, "class_counts": counts, "n_images": int(len(y)),
+        "data": data.name, "classes": classes, "class_counts": counts, "n_images": int(len(y)),
         "skipped_images": skipped, "backbone": args.backbone, "image_size": args.image_size,
-        "channels": channels, "batch": args.batch, "seeds": args.seeds, "test_frac": args.test_frac,
-        "recipe": f"{args.recipe}: {RECIPES[args.recipe]}",
-        "full_label": {"macro_f1_mean": full_f1, "per_seed": full},
+        "channels": channels, "batch": batch, "seeds": args.seeds, "test_frac": args.test_frac,
+        "recipes": {r: RECIPES[r][1] for r in recipes}, "reference": ref,
+        "full_label": {r: {"macro_f1_mean": full_f1[r], "per_seed": full[r]} for r in recipes},
+        "ceilings": ceilings,
         "notes": [f"class {classes[c]!r} has {counts[classes[c]]} image(s) (< 3): kept in the labeling pool only, "
                   f"not in the test split; macro-F1 averages over the classes present in the test split"
                   for c in sorted(notes_small)],
         "headline": headline, "summary": summary,
-        "curves": {s: results[s] for s in strategies},
+        "curves": results,
         "seconds": round(time.time() - t0, 1),
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    plot(summary, full_f1, out / "learning_curves.png", f"{data.name}: B={args.batch}, {args.seeds} seeds")
-    print(json.dumps({"full_label_macro_f1": round(full_f1, 4), "notes": report["notes"], "headline": headline}, indent=1))
+    main_curve = curve_name(recipes[-1], "hybrid" if "hybrid" in strategies else strategies[-1])
+    h = headline.get(main_curve, {})
+    title = (f"{data.name}: {len(y)} images, B={batch}, {args.seeds} seeds. {main_curve}: product ratio "
+             f"{h.get('product_ratio_95')}, active-learning ratio {h.get('active_learning_ratio_95')}")
+    plot(summary, full_f1, ref, out / "learning_curves.png", title)
+    print(json.dumps({"full_label_macro_f1": {r: round(v, 4) for r, v in full_f1.items()}, "ceilings": ceilings,
+                      "notes": report["notes"], "headline": headline}, indent=1))
     print(f"wrote {out / 'results.json'} and {out / 'learning_curves.png'}")
 
 
-def plot(summary, full_f1, path, title):
+def _paired_ci(a, b):
+    """95% t-interval of the mean of a - b over seeds (None with one seed)."""
+    d = np.asarray(a) - np.asarray(b)
+    if len(d) < 2:
+        return None
+    h = t975(len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return [round(float(d.mean() - h), 4), round(float(d.mean() + h), 4)]
+
+
+def plot(summary, full_f1, ref, path, title):
+    """Left: macro-F1 vs labels for every recipe/strategy with the ceilings; right: each
+    strategy minus random picks (same recipe, same seed) with its 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(19, 5))
-    color = {s: f"C{i % 10}" for i, s in enumerate(summary)}  # one colour per strategy in every panel
-    ax = axes[2]
-    for s, v in summary.items():
-        if s == "random":
-            continue
-        x = v["labels"][:len(v["diff_mean"])]
-        m, h = np.array(v["diff_mean"]), np.array(v["diff_ci95"])
-        ax.plot(x, m, label=s, lw=2.5 if s == "hybrid" else 1.2, color=color[s])
-        ax.fill_between(x, m - h, m + h, alpha=0.12, color=color[s])
-    ax.axhline(0, color="k", lw=1)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    recipes = list(dict.fromkeys(n.split("/")[0] for n in summary))
+    color = {r: f"C{i % 10}" for i, r in enumerate(recipes)}
+    style = lambda name: "--" if name.endswith("/random") else "-"  # noqa: E731
+    ax = axes[0]
+    for name, v in summary.items():
+        r = name.split("/")[0]
+        m, sd = np.array(v["f1_mean"]), np.array(v["f1_std"])
+        ax.plot(v["labels"], m, style(name), color=color[r], lw=2.2 if not name.endswith("/random") else 1.4, label=name)
+        ax.fill_between(v["labels"], m - sd, m + sd, alpha=0.08, color=color[r])
+    for r in recipes:
+        ax.axhline(full_f1[r], color=color[r], ls=":", lw=1)
+    ax.axhline(0.95 * full_f1[ref], color="gray", ls="-.", lw=1, label=f"95% of {ref}'s all-label macro-F1")
     ax.set_xlabel("number of labels")
-    ax.set_ylabel("macro-F1 minus random's (same seed)")
-    ax.set_title("gain over random, 95% interval over seeds", fontsize=10)
+    ax.set_ylabel("macro-F1 on held-out images")
+    ax.set_title("learning curves (mean ± 1 s.d.; dotted: all labels)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    for ax, key, name in ((axes[0], "f1", "macro-F1"), (axes[1], "acc", "accuracy")):
-        for s, v in summary.items():
-            m, sd = np.array(v[f"{key}_mean"]), np.array(v[f"{key}_std"])
-            lw = 2.5 if s in ("hybrid", "random") else 1.2
-            ax.plot(v["labels"], m, label=s, lw=lw, color=color[s])
-            ax.fill_between(v["labels"], m - sd, m + sd, alpha=0.12, color=color[s])
-        if key == "f1":
-            ax.axhline(full_f1, color="k", ls="--", lw=1, label="all labels")
-            ax.axhline(0.95 * full_f1, color="gray", ls=":", lw=1, label="95% of all labels")
-        ax.set_xlabel("number of labels")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title + " (mean ± 1 s.d. over seeds)")
+    ax = axes[1]
+    for name, v in summary.items():
+        if name.endswith("/random"):
+            continue
+        r = name.split("/")[0]
+        x = v["labels"][:len(v["diff_mean"])]
+        m, h = np.array(v["diff_mean"]), np.array(v["diff_ci95"])
+        ax.plot(x, m, color=color[r], lw=2, label=f"{name} minus {r}/random")
+        ax.fill_between(x, m - h, m + h, alpha=0.15, color=color[r])
+    ax.axhline(0, color="k", lw=1)
+    ax.set_xlabel("number of labels")
+    ax.set_ylabel("macro-F1 difference (same seed)")
+    ax.set_title("gain of the sampler over random picks, 95% interval over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

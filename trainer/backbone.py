@@ -22,6 +22,8 @@ import trainer  # noqa: F401  (torchvision shim before timm)
 import timm
 import torch
 
+from trainer.features import wrap
+
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 # EfficientNet-Lite stage depths: flat block index -> blocks.{stage}.{i}
 _LITE_DEPTHS = [1, 2, 2, 3, 3, 4, 1]
@@ -92,6 +94,8 @@ def _load_state_dict(path: Path) -> dict:
     for wrapper in ("state_dict", "model", "backbone"):
         if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
             sd = sd[wrapper]
+    if sd and all(k.startswith("model.") for k in sd):  # saved from a trainer.features wrapper
+        sd = {k[len("model."):]: v for k, v in sd.items()}
     if any(k.startswith("_blocks.") for k in sd):
         sd = {_lite_key(k): v for k, v in sd.items()}
     return sd
@@ -108,12 +112,20 @@ def _load_into(model: torch.nn.Module, sd: dict, source: str) -> None:
         )
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = "imagenet") -> tuple[torch.nn.Module, Preprocessing, str]:
-    """A feature extractor (`num_classes=0`: forward gives pre-logits embeddings).
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = "imagenet",
+                    features: str = "final") -> tuple[torch.nn.Module, Preprocessing, str]:
+    """A feature extractor: forward gives the embedding named by `features` (see
+    `trainer.features`: "final" = pre-logits, "multiscale" = last stages + pre-logits, two
+    orientations).
 
     Returns (model, preprocessing, weights_source) where weights_source says where the weights
     came from, for the model's provenance.
     """
+    model, pre, source = _create(name, weights)
+    return wrap(model, features), pre, source
+
+
+def _create(name: str, weights: str):
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ValueError(f"unknown backbone '{name}': pick a timm model name (timm.list_models())")
     model = timm.create_model(name, pretrained=False, num_classes=0)

@@ -23,6 +23,7 @@ class LinearHead:
     bias: np.ndarray  # (C,)
     history: list = field(default_factory=list)  # per round: train / validation loss
     best_epoch: int | None = None
+    pseudo_labeled: int = 0  # pool images added as pseudo-labels (self-training), 0 without
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, dtype=np.float32) @ self.weight.T + self.bias
@@ -47,12 +48,51 @@ class LinearHead:
 
 def fit_head(X: np.ndarray, y, n_classes: int, seed: int = 0, class_weight: str | None = "balanced",
              l2: float = 1e-3, X_val=None, y_val=None, rounds: int = 20, iters_per_round: int = 10,
-             patience: int = 4) -> LinearHead:
+             patience: int = 4, X_unlabeled: np.ndarray | None = None) -> LinearHead:
     """Fit softmax regression with L2 on (X, y); classes absent from y get a very negative bias.
 
-    Optimised in rounds of a few L-BFGS iterations; with a validation set the round with the
-    lowest validation loss is kept (early stopping) and `head.history` records both losses.
+    X (N, D) float embeddings, y (N,) class indices in [0, n_classes). Optimised in rounds of a
+    few L-BFGS iterations; with a validation set the round with the lowest validation loss is
+    kept (early stopping) and `head.history` records both losses.
+
+    With `X_unlabeled` (M, D), the pool's unlabeled embeddings: one round of self-training
+    (`pseudo_labels`): the head is refit on the labels plus the pool images it is most sure of,
+    class-balanced, and `head.pseudo_labeled` says how many were added.
     """
+    head = _fit(X, y, n_classes, seed, class_weight, l2, X_val, y_val, rounds, iters_per_round, patience)
+    if X_unlabeled is None or len(X_unlabeled) == 0:
+        return head
+    rows, py = pseudo_labels(head.predict_proba(X_unlabeled), np.asarray(y), n_classes)
+    if len(rows):
+        Xu = np.asarray(X_unlabeled, dtype=np.float32)[rows]
+        head = _fit(np.concatenate([np.asarray(X, np.float32), Xu]), np.concatenate([np.asarray(y), py]), n_classes,
+                    seed, class_weight, l2, X_val, y_val, rounds, iters_per_round, patience)
+    head.pseudo_labeled = int(len(rows))
+    return head
+
+
+PSEUDO_PER_LABEL = 2      # at most this many pseudo-labels per real label of the class
+PSEUDO_MIN_PROB = 0.9     # and only images the head gives at least this probability
+
+
+def pseudo_labels(probs: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of `probs`, their predicted class) to add as pseudo-labels: per class, the most
+    confident images predicted as that class with p >= PSEUDO_MIN_PROB, at most
+    PSEUDO_PER_LABEL x its number of real labels (class balance follows the labels, so a
+    dominant class cannot swamp the rest). Self-training in the FixMatch spirit (Sohn et al.
+    2020) reduced to one confident round on frozen embeddings."""
+    counts = np.bincount(np.asarray(y, int), minlength=n_classes)
+    pred = probs.argmax(1)
+    rows, cls = [], []
+    for c in range(n_classes):
+        cand = np.flatnonzero((pred == c) & (probs[:, c] >= PSEUDO_MIN_PROB))
+        cand = cand[np.argsort(-probs[cand, c], kind="stable")][: PSEUDO_PER_LABEL * int(counts[c])]
+        rows.append(cand)
+        cls.append(np.full(len(cand), c))
+    return np.concatenate(rows).astype(np.int64), np.concatenate(cls).astype(np.int64)
+
+
+def _fit(X, y, n_classes, seed, class_weight, l2, X_val, y_val, rounds, iters_per_round, patience) -> LinearHead:
     torch.manual_seed(seed)
     X = torch.as_tensor(np.asarray(X, dtype=np.float32))
     y = torch.as_tensor(np.asarray(y, dtype=np.int64))

@@ -101,11 +101,13 @@ def run_model(net, paths: Sequence, size: int, mean, std, channels=None, batch_s
 
 
 def embed_paths(paths: Sequence, backbone: str = "tf_efficientnet_lite0", image_size: int = 224,
-                weights: str = "imagenet", batch_size: int = 64, channels=None, progress: bool = False):
-    """(embeddings of the readable images, their rows in `paths`, SkipReport) for a backbone."""
+                weights: str = "imagenet", batch_size: int = 64, channels=None, progress: bool = False,
+                features: str = "final"):
+    """(embeddings of the readable images, their rows in `paths`, SkipReport) for a backbone;
+    `features` names the embedding (trainer.features)."""
     from trainer.backbone import create_backbone
 
-    net, pre, _ = create_backbone(backbone, weights)
+    net, pre, _ = create_backbone(backbone, weights, features)
     res = run_model(net, paths, image_size, pre.mean, pre.std, channels, batch_size, progress=progress, desc="embedding")
     return res.embeddings, res.rows, res.skipped
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trainer.backbone import DEFAULT_BACKBONE, create_backbone
+from trainer.features import space_tag
 
 
 @dataclass
@@ -32,6 +33,8 @@ class ModelConfig:
     # how files become planes and intensities (trainer.images.Preprocessing.to_dict(): stack,
     # plane, timepoint, normalisation, ranges, bit_depth); None = the defaults (MIP, per-image)
     preprocessing: dict | None = None
+    # the embedding (trainer.features.FEATURES); configs written before it existed used "final"
+    features: str = "final"
 
     @property
     def reader(self):
@@ -45,7 +48,7 @@ class ModelConfig:
         """Names the embedding space: embeddings from different ids are not comparable."""
         tag = self.reader.tag() if self.preprocessing else ""
         return (f"{self.backbone}-{self.image_size}px" + (f"-ch{'_'.join(map(str, self.channels))}" if self.channels else "")
-                + (f"-{tag}" if tag else ""))
+                + (f"-{tag}" if tag else "") + space_tag(self.features))
 
 
 class Classifier(nn.Module):
@@ -76,7 +79,7 @@ class ScopeModel:
 
     @classmethod
     def new(cls, config: ModelConfig) -> "ScopeModel":
-        backbone, pre, source = create_backbone(config.backbone, config.weights)
+        backbone, pre, source = create_backbone(config.backbone, config.weights, config.features)
         config.mean, config.std, config.weights_source = list(pre.mean), list(pre.std), source
         return cls(config, Classifier(backbone, len(config.classes)))
 
@@ -98,7 +101,7 @@ class ScopeModel:
         config = ModelConfig(**json.loads(cfg_path.read_text()))
         finetuned = (folder / "backbone.pt").is_file()
         weights = str(folder / "backbone.pt") if finetuned else config.weights
-        backbone, _, _ = create_backbone(config.backbone, weights)
+        backbone, _, _ = create_backbone(config.backbone, weights, config.features)
         net = Classifier(backbone, len(config.classes))
         net.head.load_state_dict(torch.load(folder / "head.pt", map_location="cpu", weights_only=True))
         return cls(config, net.eval(), finetuned)

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.data import ImageDataset, class_weights, collate_skipping, stratified_split
+from trainer.features import DEFAULT_FEATURES
 from trainer.head import fit_head
 from trainer.images import SkipReport
 from trainer.inference import autocast, default_device, loader_workers, run_model
@@ -49,6 +50,7 @@ class TrainConfig:
     # how stacks and intensities are read (trainer.images.Preprocessing without `channels`):
     # {"stack": "mip"|"plane", "plane", "timepoint", "normalisation", "ranges", "bit_depth"}
     preprocessing: dict | None = None
+    features: str = DEFAULT_FEATURES  # the embedding (trainer.features)
     epochs: int = 15
     batch_size: int = 32
     lr_head: float = 1e-3
@@ -110,7 +112,7 @@ def train(paths: Sequence, labels: Sequence[str], classes: Sequence[str], config
     train_rows, val_rows = split or stratified_split(y_all.tolist(), config.val_fraction, config.seed, groups)
     device = torch.device(config.device) if config.device else default_device()
     model = ScopeModel.new(ModelConfig(classes, config.backbone, config.weights, config.image_size, config.channels,
-                                       preprocessing=_prep_dict(config)))
+                                       preprocessing=_prep_dict(config), features=config.features))
     cfg = model.config
     reader = cfg.reader
 

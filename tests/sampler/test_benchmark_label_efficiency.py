@@ -24,22 +24,27 @@ def test_benchmark_runs_end_to_end_tiny(tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_label_efficiency.py"), "--data", str(sub),
            "--out", str(out), "--batch", "4", "--max-labels", "8", "--seeds", "2",
            "--strategies", "random,hybrid,kcenter", "--image-size", "64"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     assert (out / "learning_curves.png").stat().st_size > 1000
     assert (out / "embeddings.npz").is_file()
-    assert set(report["headline"]) == {"random", "hybrid", "kcenter"}
-    assert len(report["summary"]["hybrid"]["diff_ci95"]) == 2
-    assert "rounds_significantly_worse_than_random" in report["headline"]["hybrid"]
-    assert [p["labels"] for p in report["curves"]["hybrid"][0]] == [4, 8]
+    # today's head (the reference) and the quick learner, each with every strategy
+    assert set(report["headline"]) == {f"{r}/{s}" for r in ("head", "multiscale") for s in ("random", "hybrid", "kcenter")}
+    assert report["reference"] == "head" and set(report["ceilings"]) == {"head", "multiscale"}
+    h = report["headline"]["multiscale/hybrid"]
+    assert {"product_ratio_95", "active_learning_ratio_95", "rounds_significantly_worse_than_random"} <= set(h)
+    assert report["headline"]["head/random"]["product_ratio_95"] in (1.0, None)  # the reference against itself
+    assert len(report["summary"]["multiscale/hybrid"]["diff_ci95"]) == 2
+    assert [p["labels"] for p in report["curves"]["multiscale/hybrid"][0]] == [4, 8]
     assert report["class_counts"]["Basophil"] == 3
-    # rerun uses the embedding cache; the quick refresh's own recipe runs on the same curves
-    res = subprocess.run(cmd + ["--recipe", "refresh"], capture_output=True, text=True, timeout=300)
+    # rerun uses the embedding cache (both embeddings from one pass); the self-training recipe runs too
+    res = subprocess.run(cmd + ["--recipes", "head,multiscale+self", "--strategies", "random,hybrid"],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "embedded" not in res.stdout, res.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
-    assert report["recipe"].startswith("refresh")
-    assert [p["labels"] for p in report["curves"]["hybrid"][1]] == [4, 8]
+    assert "multiscale+self" in report["recipes"]
+    assert [p["labels"] for p in report["curves"]["multiscale+self/hybrid"][1]] == [4, 8]
 
 
 def _bench_module():
