@@ -202,7 +202,7 @@ def predict_folder(model_dir, input_dir, out_csv, batch_size: int = 64, progress
     paths = list_images(input_dir)
     if not paths:
         raise FileNotFoundError(f"no images (png/jpg/tif) found under '{input_dir}'")
-    res = run_model(model.net, paths, cfg.image_size, cfg.mean, cfg.std, cfg.channels, batch_size,
+    res = run_model(model.net, paths, cfg.image_size, cfg.mean, cfg.std, cfg.reader, batch_size,
                     progress=progress, desc="predicting")
     keys = [image_key(paths[r], input_dir) for r in res.rows]
     out_csv = Path(out_csv)

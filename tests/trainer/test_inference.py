@@ -32,7 +32,8 @@ def test_predict_folder_writes_csv_and_arrays_and_skips_bad_files(trained, small
     agree = np.mean([r["predicted_class"] == r["file"].split("/")[0] for r in rows])
     assert agree > 0.6  # images it was trained on
     arrays = np.load(out.with_suffix(".npz"))
-    assert arrays["embeddings"].shape == (40, 1280) and arrays["probs"].shape == (40, 4)
+    # the multiscale embedding (trainer.features): 192 + 320 + 1280 for tf_efficientnet_lite0
+    assert arrays["embeddings"].shape == (40, 1792) and arrays["probs"].shape == (40, 4)
     assert "broken.tif" in out.with_suffix(".skipped.json").read_text()
 
 
