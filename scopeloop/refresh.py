@@ -93,6 +93,7 @@ class Refresher:
 
     def __init__(self, ws: Workspace, client, device: str | None = None, log=print):
         self.ws, self.client, self.log = ws, client, log
+        self.pick_reasons: dict[int, str] = {}  # row -> why the sampler picked it (set by _rank)
         self.device = device
         p = ws.project
         self.classes: list[str] = p["classes"]
@@ -458,6 +459,7 @@ class Refresher:
         picks = sampler.select(emb, probs, labeled, min(RANK_BUDGET, len(unl)), strategy="hybrid", keys=keys,
                                class_names=self.classes)
         head = [p.row for p in picks]
+        self.pick_reasons = {p.row: p.reason for p in picks}  # shown with the suggestion in Label Studio
         chosen = set(head)
         rest = np.array([r for r in unl if r not in chosen], dtype=np.int64)
         if len(rest) and probs is not None:
@@ -484,7 +486,8 @@ class Refresher:
         for pos, r in enumerate(push_order):
             if probs is not None:
                 k = int(np.argmax(probs[r]))
-                rows.append(PredictionRow(task_ids[keys[r]], self.classes[k], float(probs[r, k]), pos))
+                rows.append(PredictionRow(task_ids[keys[r]], self.classes[k], float(probs[r, k]), pos,
+                                          self.pick_reasons.get(int(r), "")))
             else:
                 rows.append(PredictionRow(task_ids[keys[r]], None, 0.0, pos))
         report = self.client.push_predictions(pid, rows, ls_version, from_name=self.ws.project.get("from_name", "label"),

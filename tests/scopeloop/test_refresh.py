@@ -189,3 +189,27 @@ def test_group_pattern_makes_folds_and_intervals_group_aware(demo, tmp_path):
     assert gate["promoted"] and gate["comparison"]["n"] > 0
     a, b = grouped["metrics"]["accuracy"], plain["metrics"]["accuracy"]
     assert a["high"] - a["low"] >= (b["high"] - b["low"]) - 0.02
+
+
+def test_pushed_suggestions_carry_the_samplers_reason(refresher):
+    # the labeling view shows why an image was picked: the reason must reach Label Studio
+    from types import SimpleNamespace
+
+    r, ws, keys, emb, labels, classes = refresher
+    pushed = []
+
+    class Client:
+        def push_predictions(self, pid, rows, version, **kw):
+            pushed.extend(rows)
+            return SimpleNamespace(created=len(rows), import_s=0.0, switch_s=0.0)
+
+    r.client = Client()
+    labeled = np.zeros(len(keys), bool)
+    labeled[:20] = True
+    probs = np.full((len(keys), len(classes)), 1.0 / len(classes))
+    probs[:, 0] += np.linspace(0, 0.5, len(keys))
+    probs /= probs.sum(1, keepdims=True)
+    order = r._rank(emb, probs, labeled, keys)
+    r._push(keys, {k: i for i, k in enumerate(keys)}, probs, order, order[:10], "001")
+    assert len(pushed) == 10 and all(p.reason and not p.reason.startswith("queue position") for p in pushed), \
+        [p.reason for p in pushed]
