@@ -252,38 +252,55 @@ class _Cam:
 
     def _overlay(self, path, size: int) -> str:
         import matplotlib
-        import torch
         import torch.nn.functional as F
+        import torch
         from PIL import Image
 
-        from trainer.images import load_for_model
-
-        cfg, net = self.model.config, self.model.net.eval()
-        s = max(cfg.image_size, 160)  # at least a 5 x 5 map (one cell per 32 px)
-        img = load_for_model(path, s, getattr(cfg, "reader", None) or cfg.channels)
-        x = (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) - torch.tensor(cfg.mean).view(3, 1, 1)) \
-            / torch.tensor(cfg.std).view(3, 1, 1)
-        seen = []  # output of the last convolution run: the last feature maps, whatever wraps the backbone
-        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out))
-                 for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
-        try:
-            with torch.enable_grad():
-                x = x[None].float().requires_grad_(True)
-                logits = net.head(net.backbone(x))
-                feats = seen[-1]
-                grad, = torch.autograd.grad(logits[0, int(logits.argmax())], feats)
-        finally:
-            for h in hooks:
-                h.remove()
-        cam = F.relu((grad.mean((2, 3), keepdim=True) * feats.detach()).sum(1, keepdim=True))
-        cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)[0, 0].detach().numpy()
-        cam = cam / (cam.max() + 1e-8)
+        img, cam, _, _ = grad_cam(self.model, path)
+        cam = F.interpolate(torch.from_numpy(cam)[None, None], size=(size, size), mode="bilinear",
+                            align_corners=False)[0, 0].numpy()
         base = np.asarray(Image.fromarray((img * 255 + 0.5).astype(np.uint8)).resize((size, size)), np.float32) / 255
-        heat = matplotlib.colormaps["jet"](cam)[..., :3]
+        heat = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
         out = 0.6 * base + 0.4 * heat
         buf = io.BytesIO()
         Image.fromarray((out * 255 + 0.5).astype(np.uint8)).save(buf, format="JPEG", quality=85)
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def grad_cam(model, path, size: int | None = None):
+    """Grad-CAM (Selvaraju et al., ICCV 2017) of a `trainer.model.ScopeModel` for one image file.
+
+    Returns (image (s, s, 3) float in [0, 1], heat map (s, s) in [0, 1], predicted class index,
+    its probability), s = `size` or max(image size, 160) (at least a 5 x 5 map). The maps are the
+    last convolution's output on the image as it is: the multiscale embedding also runs the
+    transposed image, whose maps would be transposed too.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from trainer.images import load_for_model
+
+    cfg, net = model.config, model.net.eval()
+    s = size or max(cfg.image_size, 160)
+    img = load_for_model(path, s, getattr(cfg, "reader", None) or cfg.channels)
+    x = (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) - torch.tensor(cfg.mean).view(3, 1, 1)) \
+        / torch.tensor(cfg.std).view(3, 1, 1)
+    seen = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out))
+             for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.enable_grad():
+            x = x[None].float().requires_grad_(True)
+            logits = net.head(net.backbone(x))
+            feats = seen[len(hooks) - 1]  # the last convolution of the first pass (the image as is)
+            k = int(logits.argmax())
+            grad, = torch.autograd.grad(logits[0, k], feats)
+    finally:
+        for h in hooks:
+            h.remove()
+    cam = F.relu((grad.mean((2, 3), keepdim=True) * feats.detach()).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=(s, s), mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+    return img, cam / (cam.max() + 1e-8), k, float(torch.softmax(logits.detach(), 1)[0, k])
 
 
 def _img(data: bytes, alt: str) -> str:
