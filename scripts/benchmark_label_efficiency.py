@@ -124,26 +124,6 @@ def make_synthetic(root, seed=0, size=96):
     return root
 
 
-class _RawParts:
-    """Wraps a `trainer.features.MultiScaleEmbedder` so that one pass returns every pooled block
-    of both orientations side by side: both embeddings ("final" = the first view's pre-logits,
-    today's; "multiscale") come from one cached matrix."""
-
-    def __new__(cls, emb):
-        import torch
-
-        class RawParts(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.emb = emb
-                self.num_features = 2 * emb.num_features
-
-            def forward(self, x):
-                return torch.cat([b for view in self.emb.parts(x) for b in view], 1)
-
-        return RawParts()
-
-
 def embed_dataset(root, out, backbone, image_size, channels=None):
     """Both embeddings of every image (cached: <out>/embeddings.npz, raw pooled blocks of the two
     orientations): ({"final": (N, D), "multiscale": (N, D')}, labels, keys, classes, skipped)."""
@@ -160,8 +140,21 @@ def embed_dataset(root, out, backbone, image_size, channels=None):
     z = np.load(cache, allow_pickle=False) if cache.is_file() else None
     if z is None or str(z["meta"]) != meta or list(z["all_keys"]) != keys:
         t0 = time.time()
+        import torch
+
         emb, pre, _ = create_backbone(backbone, "imagenet", "multiscale")
-        res = run_model(_RawParts(emb), [p for p, _ in items], image_size, pre.mean, pre.std, channels,
+
+        class RawParts(torch.nn.Module):  # one pass -> every pooled block of both orientations
+            num_features = 2 * emb.num_features
+
+            def __init__(self):
+                super().__init__()
+                self.emb = emb
+
+            def forward(self, x):
+                return torch.cat([b for view in self.emb.parts(x) for b in view], 1)
+
+        res = run_model(RawParts(), [p for p, _ in items], image_size, pre.mean, pre.std, channels,
                         batch_size=64, desc="embedding")
         print(f"embedded {len(res.rows)} images in {time.time() - t0:.1f} s ({len(items) - len(res.rows)} skipped)")
         Path(out).mkdir(parents=True, exist_ok=True)
