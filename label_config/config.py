@@ -28,6 +28,16 @@ _KNOWN_TAGS = (_LAYOUT_TAGS | set(control_tags._TAG_TO_CLASS) | set(object_tags.
 
 SUGGESTION_NAME = "suggestion"   # the read-only TextArea holding the model's suggestion
 
+# The reserved answer "no annotator should label this image" (issue 14). It is a <Choice> of the
+# one <Choices> tag, so an annotator gives exactly one answer per image: a class, or this. It is
+# never a class: `ParsedConfig.classes` leaves it out (models never learn it), the refresh takes
+# images answered so out of the suggested order, and the export lists them as unusable.
+UNUSABLE = "Unusable image"
+UNUSABLE_HOTKEY = "0"            # not in HOTKEYS: classes keep 1..9, a..z
+# Task data field shown above the image: the image quality verdict when it is not ok ("" when ok),
+# written by scopeloop at import and when a verdict changes (ml_backend.qc_tasks).
+QC_NOTE_FIELD = "qc_note"
+
 
 class LabelConfigError(ValueError):
     """The labeling config is unusable; the message says what is wrong and how to fix it."""
@@ -42,17 +52,27 @@ class ParsedConfig:
     to_name: str         # the Image tag name (e.g. "image")
     value_key: str       # task data field holding the image URL (e.g. "image" for "$image")
     xml: str
+    unusable: str | None = None  # the reserved "unusable image" choice when the config has it
 
 
 def build_config(classes: list[str], *, from_name: str = "label", to_name: str = "image",
-                 value_key: str = "image", title: str | None = None, suggestion: bool = True) -> str:
+                 value_key: str = "image", title: str | None = None, suggestion: bool = True,
+                 unusable: bool = True, qc_note: bool = True) -> str:
     """Single-choice image classification config; one hotkey per class (1..9 then letters).
 
     With `suggestion` (default) a read-only text area named SUGGESTION_NAME below the choices
     shows the model's suggestion: class, confidence and why the sampler picked this image.
+    With `unusable` (default) the choices end with the reserved UNUSABLE answer (hotkey 0), which
+    is never a class. With `qc_note` (default) a header above the image shows the task's
+    QC_NOTE_FIELD: the image quality verdict of a flagged image, nothing for an ok one.
+    Raises LabelConfigError (empty, duplicate or reserved class names, too many classes).
     """
     classes = [str(c).strip() for c in classes]
     _check_classes(classes)
+    reserved = [c for c in classes if c.casefold() == UNUSABLE.casefold()]
+    if reserved:
+        raise LabelConfigError(f"class name {reserved[0]!r} is reserved for the answer 'this image cannot be "
+                               "labeled' (never a class); rename that class")
     if len(classes) > len(HOTKEYS):
         raise LabelConfigError(f"{len(classes)} classes but only {len(HOTKEYS)} hotkeys; "
                                "merge classes or edit the config by hand (hotkeys are optional)")
@@ -66,12 +86,19 @@ def build_config(classes: list[str], *, from_name: str = "label", to_name: str =
                       size="6")
         ET.SubElement(view, "TextArea", name=SUGGESTION_NAME, toName=to_name, editable="false", readonly="true",
                       rows="2", maxSubmissions="0", placeholder="none yet: the model trains once two classes have labels")
+    if qc_note:
+        # no `name`: Label Studio then does not require the field in every imported task
+        ET.SubElement(view, "Header", value=f"${QC_NOTE_FIELD}", size="5", style="color: #b54708")
     ET.SubElement(view, "Image", name=to_name, value=f"${value_key}", zoom="true",
                   zoomControl="true", rotateControl="false", maxHeight="55vh")  # choices stay on screen
     choices = ET.SubElement(view, "Choices", name=from_name, toName=to_name, choice="single",
                             showInLine="true", required="true")
     for cls, key in zip(classes, HOTKEYS):
         ET.SubElement(choices, "Choice", value=cls, hotkey=key)
+    if unusable:
+        ET.SubElement(choices, "Choice", value=UNUSABLE, hotkey=UNUSABLE_HOTKEY,
+                      hint="no cell can be classified here (blank, out of focus, saturated, ...): "
+                           "the image leaves the queue and never becomes training data")
     ET.indent(view)
     xml = ET.tostring(view, encoding="unicode")
     parse_config(xml)  # round trip through LabelInterface: fail here, not in Label Studio
@@ -124,11 +151,20 @@ def parse_config(xml: str) -> ParsedConfig:
         raise LabelConfigError(f'<Choices name="{ctrl.name}"> must point (toName) to an <Image>')
     # LabelInterface silently de-duplicates labels: count them on the raw XML.
     el = next(e for e in root.iter() if e.tag.lower() == "choices" and e.get("name") == ctrl.name)
-    classes = [c.get("value", c.get("alias", "")) for c in el if c.tag.lower() == "choice"]
+    values = [c.get("value", c.get("alias", "")) for c in el if c.tag.lower() == "choice"]
+    # the reserved answer (compared exactly: a class spelled differently stays a class)
+    classes = [v for v in values if v != UNUSABLE]
     _check_classes(classes)
+    if len(values) - len(classes) > 1:
+        raise LabelConfigError(f"duplicate class name(s) ['{UNUSABLE}'] (compared case-insensitively): "
+                               "each class must appear once")
+    if any(c.casefold() == UNUSABLE.casefold() for c in classes):
+        raise LabelConfigError(f"a <Choice> spelled like the reserved answer '{UNUSABLE}' but not exactly: "
+                               f"write it exactly '{UNUSABLE}' (the answer 'cannot be labeled') or rename the class")
     value = images[0].value or ""
     return ParsedConfig(classes=classes, from_name=ctrl.name, to_name=images[0].name,
-                        value_key=value.lstrip("$"), xml=xml)
+                        value_key=value.lstrip("$"), xml=xml,
+                        unusable=UNUSABLE if len(values) > len(classes) else None)
 
 
 def _check_classes(classes: list[str]) -> None:

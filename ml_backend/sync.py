@@ -11,11 +11,17 @@ the project's work directory (labels.json):
 Incremental reads ask only for tasks completed after the cursor; a full read (first sync,
 deep refresh, after edits/deletions) rebuilds the snapshot, which also catches edited and
 deleted annotations.
+
+A task whose final answer is the reserved choice `label_config.UNUSABLE` ("Unusable image")
+keeps that answer as its `label` in the snapshot, but it is never a class: `labels_by_key`
+leaves it out and `unusable_keys` lists it (the refresh takes those images out of the queue,
+the export lists them as unusable). A class chosen later on the same task wins, as any edit.
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from label_config import UNUSABLE
 from ml_backend.labelstudio import task_record
 from trainer.workspace import Workspace
 
@@ -58,4 +64,11 @@ def sync_labels(client, ws: Workspace, full: bool = False) -> dict:
 
 
 def labels_by_key(snapshot: dict) -> dict[str, str]:
-    return {t["key"]: t["label"] for t in snapshot.get("tasks", {}).values() if t.get("key") and t.get("label")}
+    """Image key -> class of every labeled task (answers "unusable image" are not classes)."""
+    return {t["key"]: t["label"] for t in snapshot.get("tasks", {}).values()
+            if t.get("key") and t.get("label") and t["label"] != UNUSABLE}
+
+
+def unusable_keys(snapshot: dict) -> set[str]:
+    """Keys of the images whose final answer is "unusable image" (label_config.UNUSABLE)."""
+    return {t["key"] for t in snapshot.get("tasks", {}).values() if t.get("key") and t.get("label") == UNUSABLE}

@@ -847,7 +847,8 @@ def project_qc(workdir, images_root, keys: Sequence[str], embeddings: np.ndarray
     d = Path(workdir) / QC_DIR
     settings = project_settings(workdir)
     keys = [str(k) for k in keys]
-    sig = hashlib.sha1(("\n".join(sorted(keys)) + json.dumps(asdict(settings), sort_keys=True)).encode()).hexdigest()
+    sig = hashlib.sha1(("\n".join(sorted(keys)) + json.dumps(asdict(settings), sort_keys=True)
+                        + _embedding_tag(embeddings)).encode()).hexdigest()
     vfile = d / "verdicts.json"
     if vfile.is_file():
         old = json.loads(vfile.read_text())
@@ -882,6 +883,19 @@ def project_qc(workdir, images_root, keys: Sequence[str], embeddings: np.ndarray
     log(f"image quality: {len(cache) - n_before} new image(s) measured, {sum(flagged.values())} of "
         f"{len(report.results)} flagged {flagged if flagged else ''}".rstrip())
     return verdicts
+
+
+def _embedding_tag(embeddings) -> str:
+    """Which embeddings judged the pool: none (at `init`, before the first embedding) or a cheap
+    fingerprint of them, so near duplicates and `unusual` are judged again once embeddings exist
+    and whenever the embedding space changes (a deep refresh)."""
+    if embeddings is None:
+        return "|no-embeddings"
+    e = np.asarray(embeddings)
+    if e.ndim != 2 or not len(e):
+        return f"|emb{e.shape}"
+    step = max(1, len(e) // 64)
+    return f"|emb{e.shape}:" + hashlib.sha1(np.ascontiguousarray(e[::step, :16], dtype=np.float32).tobytes()).hexdigest()
 
 
 def order_flagged_last(order: np.ndarray, keys: Sequence[str], verdicts: dict, flagged: str = "end") -> np.ndarray:

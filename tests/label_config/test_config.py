@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from label_config import HOTKEYS, LabelConfigError, build_config, load_config, parse_config
+from label_config import HOTKEYS, QC_NOTE_FIELD, UNUSABLE, LabelConfigError, build_config, load_config, parse_config
 
 TRICKY = ["Neutrophil", "band cell", "Éosinophile", "A & B", "x<y>z", 'say "hi"', "it's", "ümlaut ß"]
 
@@ -14,8 +14,8 @@ def test_build_round_trip_keeps_tricky_class_names():
     parsed = parse_config(xml)
     assert parsed.classes == TRICKY
     assert (parsed.from_name, parsed.to_name, parsed.value_key) == ("label", "image", "image")
-    # the SDK (= Label Studio's parser) sees the same labels, in order
-    assert LabelInterface(xml).get_control("label").labels == TRICKY
+    # the SDK (= Label Studio's parser) sees the same labels, in order, then the reserved answer
+    assert LabelInterface(xml).get_control("label").labels == TRICKY + [UNUSABLE]
 
 
 def test_build_layout_and_hotkeys():
@@ -71,3 +71,21 @@ def test_bad_class_lists():
         build_config(["a", " "])
     with pytest.raises(LabelConfigError, match="hotkeys"):
         build_config([f"c{i}" for i in range(len(HOTKEYS) + 1)])
+
+
+def test_unusable_answer_is_offered_but_never_a_class():
+    xml = build_config(["round", "long"])
+    parsed = parse_config(xml)
+    assert parsed.classes == ["round", "long"] and parsed.unusable == UNUSABLE
+    ctrl = LabelInterface(xml).get_control("label")
+    assert ctrl.labels == ["round", "long", UNUSABLE] and ctrl.labels_attrs[UNUSABLE].attr["hotkey"] == "0"
+    # the quality line above the image: a header showing the task's qc_note (no name: not required in tasks)
+    assert f'<Header value="${QC_NOTE_FIELD}"' in xml and xml.index(QC_NOTE_FIELD) < xml.index("<Image")
+    # configs without it (older projects, hand-written ones) still parse, without the answer
+    plain = parse_config(build_config(["round", "long"], unusable=False, qc_note=False))
+    assert plain.classes == ["round", "long"] and plain.unusable is None and QC_NOTE_FIELD not in plain.xml
+    with pytest.raises(LabelConfigError, match="reserved"):
+        build_config(["round", "unusable IMAGE"])
+    with pytest.raises(LabelConfigError, match="exactly"):
+        parse_config('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+                     '<Choice value="a"/><Choice value="unusable image"/></Choices></View>')

@@ -1,0 +1,150 @@
+"""Image quality verdicts (trainer.quality) made visible in Label Studio, as task data fields.
+
+Every task scopeloop imports carries three data fields:
+
+=========  ===============================================================================
+field      content
+=========  ===============================================================================
+qc         the verdict: ok, blank, out_of_focus, saturated, too_dark, duplicate, unusual
+           ("" when the image was not judged: unreadable for the quality pass)
+qc_score   the score that decided it, with its value and threshold, e.g.
+           "structure 0.0012 < 0.004" ("" for ok)
+qc_note    the line the labeling view shows above the image (label_config.QC_NOTE_FIELD):
+           "" for ok, else the verdict, its score and what to do
+=========  ===============================================================================
+
+The Data Manager shows each as a column (`qc`, `qc_score`, `qc_note`) that can be filtered, e.g.
+"qc is not ok". New tasks get the fields inside the import (no extra request); a verdict that
+changes later (new images arrive, embeddings judge near duplicates and unusual images) is written
+with PATCH /api/tasks/{id}, which REPLACES the task's whole `data` (Label Studio 1.23.2, ~0.2 s
+per task): the current data is read first and only the three fields change. What was written is
+remembered in `<workdir>/qc/published.json`, so a refresh whose verdicts did not change costs
+nothing. Tasks imported before this existed and judged ok are left without the fields (writing
+every one of them would cost 0.2 s per task); every flagged one gets them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from label_config import QC_NOTE_FIELD, UNUSABLE
+
+QC_FIELD = "qc"
+QC_SCORE_FIELD = "qc_score"
+FIELDS = (QC_FIELD, QC_SCORE_FIELD, QC_NOTE_FIELD)
+PUBLISHED = "published.json"  # under <workdir>/qc/
+# PATCHes per call: a refresh is never held up for long; the rest follow at the next refresh
+MAX_UPDATES = int(os.environ.get("SCOPELOOP_QC_MAX_UPDATES", "300"))
+
+_WORDS = {"blank": "no object in the field", "out_of_focus": "out of focus", "saturated": "saturated exposure",
+          "too_dark": "too dark", "duplicate": "a duplicate", "unusual": "unlike the rest of the images"}
+
+
+def task_fields(entry: dict | None) -> dict:
+    """The task data fields for one image's verdict ({"verdict", "reason"}; None: not judged)."""
+    if not entry or not entry.get("verdict"):
+        return {QC_FIELD: "", QC_SCORE_FIELD: "", QC_NOTE_FIELD: ""}
+    verdict, reason = str(entry["verdict"]), str(entry.get("reason") or "")
+    if verdict == "ok":
+        return {QC_FIELD: "ok", QC_SCORE_FIELD: "", QC_NOTE_FIELD: ""}
+    note = (f"Image quality check: {_WORDS.get(verdict, verdict)} ({verdict}: {reason}). Kept out of the suggested "
+            f"order. If no cell can be classified, answer '{UNUSABLE}' (key 0); a class you choose is used as usual.")
+    return {QC_FIELD: verdict, QC_SCORE_FIELD: reason, QC_NOTE_FIELD: note}
+
+
+def _same(data: dict, want: dict) -> bool:
+    if all(k not in data for k in FIELDS):  # a task from before QC: only flagged ones are written
+        return want[QC_FIELD] in ("ok", "")
+    return all(data.get(k, "") == v for k, v in want.items())
+
+
+def _record_path(workdir) -> Path:
+    return Path(workdir) / "qc" / PUBLISHED
+
+
+def _load_record(workdir, project_id: int) -> dict:
+    p = _record_path(workdir)
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec.get("fields", {}) if isinstance(rec, dict) and rec.get("project_id") == project_id else {}
+
+
+def _save_record(workdir, project_id: int, fields: dict) -> None:
+    p = _record_path(workdir)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(PUBLISHED + ".part")
+    tmp.write_text(json.dumps({"project_id": project_id, "fields": fields}))
+    os.replace(tmp, p)
+
+
+def update_task_data(client, task_id: int, data: dict) -> None:
+    """PATCH /api/tasks/{id} with the task's complete new `data` (it replaces the old one)."""
+    client._http("PATCH", f"/api/tasks/{int(task_id)}", f"update the data of task {task_id}", json={"data": data})
+
+
+def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = None, verdicts: dict | None = None,
+                     log: Callable[[str], None] = print, max_updates: int | None = None) -> dict:
+    """Write changed verdicts into the tasks' data; returns {"changed", "updated", "seconds"}.
+
+    task_ids: image key -> task id (every task of the project; None: read from Label Studio
+    with the tasks' data, one listing either way); verdicts: key -> {"verdict",
+    "reason"} (default: the project's last quality pass, trainer.quality.load_verdicts).
+    At most `max_updates` tasks are written per call (default MAX_UPDATES); the rest are written
+    by the next call. A Label Studio error is logged, never raised: QC is advisory.
+    """
+    from trainer.quality import load_verdicts
+
+    t0 = time.perf_counter()
+    out = {"changed": 0, "updated": 0, "seconds": 0.0}
+    if client is None:
+        return out
+    verdicts = load_verdicts(workdir) if verdicts is None else verdicts
+    if not verdicts:
+        return out
+    limit = MAX_UPDATES if max_updates is None else max_updates
+    record = _load_record(workdir, project_id)
+    data_of = None
+
+    def listing() -> dict:
+        return {t["id"]: t.get("data") or {} for t in
+                client.list_tasks(project_id, fields="task_only", include="id,data", page_size=5000)}
+
+    try:
+        if task_ids is None:
+            data_of = listing()
+            task_ids = {d["key"]: tid for tid, d in data_of.items() if d.get("key")}
+    except Exception as exc:  # noqa: BLE001
+        log(f"image quality verdicts not written to Label Studio this time: {type(exc).__name__}: {exc}")
+        return out
+    want = {k: task_fields(verdicts.get(k)) for k in task_ids if k in verdicts}
+    todo = [k for k, f in want.items() if record.get(k) != [f[QC_FIELD], f[QC_SCORE_FIELD]]]
+    out["changed"] = len(todo)
+    if not todo:
+        return out
+    try:
+        data_of = listing() if data_of is None else data_of
+        for k in todo:
+            tid, f = task_ids[k], want[k]
+            data = data_of.get(tid)
+            if data is None:
+                continue  # deleted meanwhile
+            if not _same(data, f):
+                if out["updated"] >= limit:
+                    continue  # not recorded: written next time
+                update_task_data(client, tid, dict(data, **f))
+                out["updated"] += 1
+            record[k] = [f[QC_FIELD], f[QC_SCORE_FIELD]]
+    except Exception as exc:  # noqa: BLE001 - never block a refresh or an init on this
+        log(f"image quality verdicts not written to Label Studio this time: {type(exc).__name__}: {exc}")
+    _save_record(workdir, project_id, record)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    if out["updated"]:
+        left = sum(1 for k in todo if record.get(k) != [want[k][QC_FIELD], want[k][QC_SCORE_FIELD]])
+        log(f"image quality: verdicts of {out['updated']} task(s) written to Label Studio in {out['seconds']} s"
+            + (f"; {left} more at the next refresh" if left else ""))
+    return out
