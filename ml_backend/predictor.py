@@ -350,7 +350,7 @@ class Predictor:
             out.errors.append("project has no images folder (project.json images_root): "
                               f"{sum(map(len, todo.values()))} task(s) cannot be predicted")
             return
-        from trainer.images import path_for_key
+        from trainer.images import image_exists, path_for_key
 
         root = images_root.resolve()
         keys, paths = [], []
@@ -360,7 +360,7 @@ class Predictor:
                 out.errors.append(f"image {key}: not predicted, over {self.max_compute} images to "
                                   "compute in one request (the next refresh caches them)")
                 continue
-            if not p.is_file():
+            if not image_exists(p):  # a file, or a Z plane <file>#z<k> of one (stack "planes")
                 out.errors.append(f"image {key}: file not found under {root}")
                 continue
             keys.append(key)

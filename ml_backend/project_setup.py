@@ -51,7 +51,7 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
                  title: str | None = None, labels: str | Path | None = None,
                  backend_url: str | None = None, label_config: str | None = None,
                  project_id: int | None = None, served_root: str | Path | None = None,
-                 served_previews: str | Path | None = None) -> InitReport:
+                 served_previews: str | Path | None = None, reader=None) -> InitReport:
     """Create or update the project for `images`; see the module docstring.
 
     `labels`: a CSV path (`file,label`; file relative to `images` or a unique file name), or
@@ -61,8 +61,13 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
     looking the project up by `title` (default: the folder name).
     `served_root` / `served_previews`: the paths Label Studio reaches `images` / `previews_dir`
     by (links under its root, see scopeloop.projects); default: the folders themselves.
+    `reader`: the project's reading settings (`trainer.images.Preprocessing`): previews show
+    what the model sees, and with ``stack="planes"`` each Z plane is its own task (key
+    ``<file>#z<k>``). Previews made under other settings are remade in place (same URLs).
     """
-    from trainer.images import image_key, list_images  # imports torch: only when needed
+    from trainer.images import as_preprocessing, expand_planes, image_key, list_images  # imports torch: only when needed
+
+    reader = as_preprocessing(reader)
 
     root, previews = Path(images).resolve(), Path(previews_dir).resolve()
     # served paths are compared unresolved: a link under the root may point anywhere
@@ -88,16 +93,21 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
     client.ensure_local_storage(pid, str(served_prev), title="previews")
 
     existing = client.task_keys(pid)
+    stale = _previews_stale(previews, reader)
     new_tasks = []
-    for path in list_images(root):
-        if path.is_relative_to(previews):
-            continue  # previews kept inside the image folder are not images to label
+    for path in expand_planes((p for p in list_images(root) if not p.is_relative_to(previews)), reader):
+        # (previews kept inside the image folder are not images to label)
         key = image_key(path, root)
         if key in existing:
             report.existing += 1
+            if stale and (previews / (key + ".png")).is_file():
+                try:  # same URL, remade as the model now reads it
+                    report.previews += _browser_file(path, previews / (key + ".png"), reader, stale=True)[1]
+                except Exception:  # noqa: BLE001 - the old preview stays; reading reports it later
+                    pass
             continue
         try:
-            shown, made_preview = _browser_file(path, previews / (key + ".png"))
+            shown, made_preview = _browser_file(path, previews / (key + ".png"), reader, stale)
         except Exception as e:  # any decoder error: report and go on
             report.skipped.append({"path": str(path), "reason": str(e) or e.__class__.__name__})
             continue
@@ -113,6 +123,7 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
         new_tasks.append(task)
     if new_tasks:
         report.created = len(client.import_tasks(pid, new_tasks))
+    (previews / PREVIEW_STAMP).write_text(reader.tag() or "default")
 
     # labels for tasks that existed before this run and have no annotation yet
     if known and existing:
@@ -141,18 +152,34 @@ def init_project_from_settings(settings, name: str, images, classes=None, labels
                         previews_dir=settings.project_dir(name) / "previews", title=name)
 
 
-def _browser_file(path: Path, preview: Path) -> tuple[Path, bool]:
-    """(file the browser gets, whether a preview was written); raises on a corrupt image."""
-    if path.suffix.lower() in BROWSER_SAFE:
+PREVIEW_STAMP = ".reading"  # in the previews folder: the reading tag the previews were made with
+
+
+def _previews_stale(previews: Path, reader) -> bool:
+    """Whether previews were made under other reading settings than `reader`'s (no stamp: the defaults)."""
+    stamp = previews / PREVIEW_STAMP
+    return (stamp.read_text().strip() if stamp.is_file() else "default") != (reader.tag() or "default")
+
+
+def _browser_file(path: Path, preview: Path, reader=None, stale: bool = False) -> tuple[Path, bool]:
+    """(file the browser gets, whether a preview was written); raises on a corrupt image.
+
+    An 8-bit PNG/JPEG/BMP is shown as is only where the model reads it as is (per-image
+    normalisation, default channels); everything else gets a preview read by `reader`."""
+    from trainer.images import as_preprocessing, save_preview, split_plane
+
+    reader = as_preprocessing(reader)
+    as_is = reader.normalisation == "per-image" and reader.channels is None
+    if path.suffix.lower() in BROWSER_SAFE and as_is:
         with Image.open(path) as im:
             mode = im.mode
             im.load()  # full decode: catches truncated files, not only bad headers
         if mode in BROWSER_MODES:
             return path, False
-    if preview.exists() and preview.stat().st_mtime >= path.stat().st_mtime:
+    source, _ = split_plane(path)
+    if not stale and preview.exists() and preview.stat().st_mtime >= source.stat().st_mtime:
         return preview, False
-    from trainer.images import save_preview
-    return save_preview(path, preview), True
+    return save_preview(path, preview, channels=reader), True
 
 
 def _choice(cfg, label: str) -> dict:

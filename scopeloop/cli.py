@@ -227,9 +227,15 @@ def cmd_init(args) -> int:
     model = {"image_size": args.image_size, "backbone": args.backbone}
     if args.channels:
         model["channels"] = _channels(args.channels)
+    reading = {"stack": args.stack, "plane": args.plane, "timepoint": args.timepoint,
+               "normalisation": args.normalisation, "bit_depth": args.bit_depth}
     ws, report = projects.init(settings, args.project, args.images, _class_list(args.classes), labels=args.labels,
-                               backend_url=None if args.no_backend else settings.backend_url, model=model)
+                               backend_url=None if args.no_backend else settings.backend_url, model=model,
+                               reading=reading)
     print(report.summary())
+    from trainer.images import reader_of
+
+    print(f"reading: {reader_of(ws.project.get('model') or {}).describe()}")
     print(f"project '{ws.root.name}': {settings.label_studio_url}/projects/{report.project_id}/data")
     print(f"work directory: {ws.root}")
     return 0
@@ -353,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--backbone", default="tf_efficientnet_lite0")
     i.add_argument("--image-size", type=int, default=224)
     i.add_argument("--channels", help="image channels feeding R,G,B, e.g. 0,2,1")
+    i.add_argument("--stack", choices=["mip", "plane", "planes"], default=None,
+                   help="what a Z-stack becomes: maximum-intensity projection (default), one plane (--plane), "
+                        "or each plane its own task (keys <file>#z<k>)")
+    i.add_argument("--plane", type=int, default=None, help="Z plane for --stack plane (default: the middle one)")
+    i.add_argument("--timepoint", type=int, default=None, help="time point read from a time series (default: 0, the first)")
+    i.add_argument("--normalisation", choices=["per-image", "per-dataset", "bit-depth", "both"], default=None,
+                   help="intensity mapping: per-image percentile stretch (default); per-dataset: one fixed range per "
+                        "channel from a sample of the images, computed once here (absolute brightness kept); "
+                        "bit-depth: a fixed /(2^bits-1); both: per-image in R and B, per-dataset in G "
+                        "(single-channel images). Re-running init keeps the project's settings unless given")
+    i.add_argument("--bit-depth", type=int, default=None, help="camera bits for --normalisation bit-depth (default: found from the images)")
     i.add_argument("--no-backend", action="store_true", help="do not connect the ML backend (SCOPELOOP_BACKEND_URL)")
     i.set_defaults(func=cmd_init)
 

@@ -95,21 +95,32 @@ def _link(link: Path, target: Path) -> None:
 
 
 def init(settings, name: str | None, images, classes=None, labels=None, backend_url: str | None = None,
-         model: dict | None = None):
+         model: dict | None = None, reading: dict | None = None):
     """Create or resume the project for image folder `images`; returns (Workspace, InitReport).
 
     `name`: the project name (default: the folder's project, else a name made from the folder's
-    name). Raises ProjectError / LabelStudioError / FileNotFoundError with a message that says
+    name). `reading`: the project's reading choices (`trainer.images.READING_CHOICES`: stack,
+    plane, timepoint, normalisation, bit_depth; None = keep the project's, else the defaults),
+    made into ``model["preprocessing"]`` once here (per-dataset ranges from a sample of the
+    folder) and used by previews, the refresh, the models and so /predict and export. Raises ProjectError / LabelStudioError / FileNotFoundError with a message that says
     what to do; on any failure Label Studio and the disk are left as they were.
     """
-    from trainer.images import list_images
+    from trainer.images import list_images, project_reading
 
     images = Path(images).expanduser().resolve()
     if not images.is_dir():
         raise FileNotFoundError(f"--images '{images}' is not a folder; give the folder that holds your images")
-    if not list_images(images):
+    pool = list_images(images)
+    if not pool:
         raise ProjectError(f"no images (PNG, JPEG, TIFF, BMP) found under '{images}'; check the folder")
     name = _resolve_name(settings, images, name)
+    old_model = (read_json(settings.project_dir(name) / "project.json", {}) or {}).get("model") or {}
+    model = dict(DEFAULT_MODEL, **(model or old_model))
+    try:
+        reader = project_reading(pool, reading, old_model.get("preprocessing"), model.get("channels"))
+    except ValueError as exc:
+        raise ProjectError(f"reading settings: {exc}") from None
+    model["preprocessing"] = reader.to_dict()
     docroot, links = document_root(settings), links_root(settings)
     if not links.is_relative_to(docroot):
         raise ProjectError(f"Label Studio serves local files only under {docroot} (LOCAL_FILES_DOCUMENT_ROOT) but "
@@ -148,7 +159,7 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
         report = init_project(client, images, classes, labels=labels, backend_url=backend_url, label_config=label_config,
                               document_root=docroot, previews_dir=work / "previews", title=ls_title(name),
                               project_id=before, served_root=link_dir / "images",
-                              served_previews=link_dir / "previews")
+                              served_previews=link_dir / "previews", reader=reader)
         cfg = parse_config(client.get_project(report.project_id)["label_config"])
     except BaseException as exc:
         if created_pid is not None:
@@ -166,7 +177,7 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
     ws = Workspace(work)
     ws.update_project(name=name, images_root=str(images), classes=list(cfg.classes), ls_project_id=report.project_id,
                       from_name=cfg.from_name, to_name=cfg.to_name,
-                      model=dict(DEFAULT_MODEL, **(model or ws.project.get("model") or {})),
+                      model=model,
                       n_tasks=report.created + report.existing, document_root=str(docroot),
                       served_root=str(link_dir / "images"))
     return ws, report

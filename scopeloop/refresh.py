@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.features import DEFAULT_FEATURES, space_tag
+from trainer.space import DEFAULT_FEATURES, space_id_of
 from trainer.workspace import Workspace, read_json, write_json_atomic
 
 GATE_TOLERANCE = float(os.environ.get("SCOPELOOP_GATE_TOLERANCE", "0.02"))
@@ -78,14 +78,12 @@ def _current_head(ws: Workspace):
     sd = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
     cfg = json.loads((path / "config.json").read_text())
     head = LinearHead(sd["weight"].numpy(), sd["bias"].numpy())
-    return head, read_json(path / "provenance.json", {}).get("embedding_space") or _space_id(cfg, None)
+    return head, read_json(path / "provenance.json", {}).get("embedding_space") or space_id_of(cfg)
 
 
 def _space_id(cfg: dict, finetuned_from: str | None) -> str:
-    base = f"{cfg['backbone']}-{cfg['image_size']}px"
-    if cfg.get("channels"):
-        base += "-ch" + "_".join(map(str, cfg["channels"]))
-    return base + space_tag(cfg.get("features", DEFAULT_FEATURES)) + (f"-ft{finetuned_from}" if finetuned_from else "")
+    """The project's embedding space (trainer.space: backbone, size, channels, reading settings, features)."""
+    return space_id_of(cfg, finetuned_from, default_features=DEFAULT_FEATURES)
 
 
 class Refresher:
@@ -99,6 +97,10 @@ class Refresher:
         self.classes: list[str] = p["classes"]
         self.model_cfg = p.get("model", {"backbone": "tf_efficientnet_lite0", "weights": "imagenet",
                                          "image_size": 224, "channels": None})
+        from trainer.images import reader_of
+
+        # how every image of the project is read (stack, time point, normalisation, channels; set at init)
+        self.reader = reader_of(self.model_cfg)
 
     # ---------------------------------------------------------------- the space
     def space(self) -> tuple[str, Path | None]:
@@ -128,7 +130,7 @@ class Refresher:
                 net["m"] = self._backbone(weights_file)
             m, pre, _ = net["m"]
             return run_model(m, paths, self.model_cfg["image_size"], pre.mean, pre.std,
-                             self.model_cfg.get("channels"), device=self._torch_device(), desc="embedding")
+                             self.reader, device=self._torch_device(), desc="embedding")
 
         all_keys, emb, skipped = cache.update(keys, [root / k for k in keys], embed)
         if len(skipped):
@@ -382,6 +384,7 @@ class Refresher:
     def _model_config(self, weights_file):
         """The ModelConfig of a new version: the current version's when it used the same backbone
         and weights (no need to build the network to learn its normalisation), else from the backbone."""
+        from trainer.images import reader_of
         from trainer.model import ModelConfig
 
         source = f"file {weights_file}" if weights_file else None
@@ -390,14 +393,16 @@ class Refresher:
             cur = read_json(path / "config.json", {})
             same = all(cur.get(k, d) == self.model_cfg.get(k, d2) for k, d, d2 in
                        (("backbone", None, None), ("weights", "imagenet", "imagenet"), ("image_size", None, None),
-                        ("channels", None, None), ("features", "final", DEFAULT_FEATURES)))
+                        ("channels", None, None), ("features", "final", DEFAULT_FEATURES))) \
+                and reader_of(cur) == self.reader
             if same and cur.get("weights_source") and (source is None) == (not (path / "backbone.pt").is_file()) \
                     and (source is None or cur["weights_source"] == source):
                 return ModelConfig(**dict(cur, classes=list(self.classes)))
         _, pre, src = self._backbone(weights_file)
         return ModelConfig(self.classes, self.model_cfg["backbone"], self.model_cfg.get("weights", "imagenet"),
                            self.model_cfg["image_size"], self.model_cfg.get("channels"), list(pre.mean), list(pre.std), src,
-                           features=self.model_cfg.get("features", DEFAULT_FEATURES))
+                           features=self.model_cfg.get("features", DEFAULT_FEATURES),
+                           preprocessing=self.model_cfg.get("preprocessing"))
 
     def _self_supervised(self, pool_keys: list[str], epochs: int) -> Path:
         """Adapt the backbone to the project's own images (trainer.ssl); returns its file."""
@@ -407,7 +412,7 @@ class Refresher:
         cfg = SSLConfig(epochs=epochs, device=self.device,
                         max_images=int(os.environ.get("SCOPELOOP_SSL_MAX_IMAGES", "20000")))
         res = adapt(net, [self.ws.images_root / k for k in pool_keys], self.model_cfg["image_size"], pre.mean, pre.std,
-                    self.model_cfg.get("channels"), cfg, log=self.log)
+                    self.reader, cfg, log=self.log)
         path = save_backbone(res.backbone, self.ws.root / "backbones")
         self.ws.update_project(last_ssl={"epochs": epochs, "images": len(pool_keys), "history": res.history,
                                          "views_per_second": round(res.images_per_second, 1), "backbone": path.name})
@@ -428,6 +433,7 @@ class Refresher:
         cfg = TrainConfig(backbone=self.model_cfg["backbone"], weights=start,
                           mode="full", image_size=self.model_cfg["image_size"], channels=self.model_cfg.get("channels"),
                           features=self.model_cfg.get("features", DEFAULT_FEATURES),
+                          preprocessing=self.model_cfg.get("preprocessing"),
                           epochs=int(os.environ.get("SCOPELOOP_DEEP_EPOCHS", "10")), device=self.device)
         y = [self.classes.index(labels[k]) for k in keys]
         split = fixed_split(keys, y)

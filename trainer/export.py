@@ -34,7 +34,7 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')  # not allowed in a file name
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MANIFEST_FIELDS = ["task_id", "key", "original_path", "file", "label", "split", "group", "annotator",
                    "annotated_at", "n_annotations", "annotators", "annotators_disagree", "model_version",
-                   "predicted", "confidence"]
+                   "predicted", "confidence", "qc_verdict", "qc_reason"]
 
 
 class ExportError(ValueError):
@@ -150,10 +150,14 @@ def _group_of(task: dict, key: str, pattern: re.Pattern | None, groups: dict | N
 def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "copy", overwrite: bool = False,
                    val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
                    group_pattern: str | None = None, groups: dict | None = None, formats: Sequence[str] = (),
-                   ls_export: Callable[[Path], object] | None = None) -> dict:
+                   ls_export: Callable[[Path], object] | None = None, exclude_flagged: bool = False) -> dict:
     """Write the labeled images of `snapshot` (default: the workspace's last labels, read once).
 
     Returns a summary: counts per class and split, `left_out` [{task_id, key, reason}], paths.
+    Image quality (trainer.quality, the project's last pass): every row carries its verdict
+    (`qc_verdict`, `qc_reason`; "" when not judged). Labeled images are exported whatever their
+    verdict unless `exclude_flagged`, which leaves every non-ok one out by name. Images an
+    annotator answered "unusable image" are never exported: left out as such.
     `ls_export(path)`, when given, writes Label Studio's own JSON export to `path`.
     """
     if mode not in ("copy", "symlink", "hardlink"):
@@ -161,7 +165,11 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
     snap = copy.deepcopy(snapshot if snapshot is not None else workspace.labels)
     project = workspace.project
     images_root = Path(workspace.images_root)
-    classes = list(project.get("classes") or sorted({t.get("label") for t in snap["tasks"].values() if t.get("label")}))
+    from label_config import UNUSABLE  # the answer "unusable image": never a class (issue 14)
+    from trainer.quality import load_verdicts
+
+    classes = list(project.get("classes") or sorted({t.get("label") for t in snap["tasks"].values()
+                                                     if t.get("label") and t["label"] != UNUSABLE}))
     # (Workspace.registry creates registry/ on access: without a model, do not touch it)
     preds = workspace.load_predictions() if (workspace.root / "registry").is_dir() else None
     pattern = re.compile(group_pattern) if group_pattern else None
@@ -176,6 +184,7 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
         for k, p in zip(preds["keys"].tolist(), preds["probs"]):
             pred_of[str(k)] = (pcls[int(p.argmax())], f"{float(p.max()):.4f}")
 
+    verdicts = load_verdicts(workspace.root)
     rows, left_out, seen = [], [], {}
     for tid in sorted(snap["tasks"], key=lambda t: (len(str(t)), str(t))):
         task = snap["tasks"][tid]
@@ -183,6 +192,11 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
         if label is None:
             continue  # not labeled (yet): not part of the dataset
         problem = key_problem(key)
+        qc = verdicts.get(key) or {}
+        if problem is None and label == UNUSABLE:
+            problem = f"answered '{UNUSABLE}' by an annotator (not a class, not exported)"
+        elif problem is None and exclude_flagged and qc.get("verdict", "ok") != "ok":
+            problem = f"image quality: {qc['verdict']} ({qc.get('reason', '')}); left out by --exclude-flagged"
         if problem is None and label not in folders:
             problem = f"label '{label}' is not a project class ({', '.join(classes)})"
         if problem is None and key in seen:
@@ -203,7 +217,8 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
                      "n_annotations": len(task.get("annotations") or []), "annotators": ";".join(who),
                      "annotators_disagree": "yes" if task.get("disagreement") else "no",
                      "model_version": preds["version"] if preds is not None and key in pred_of else "",
-                     "predicted": pv[0], "confidence": pv[1]})
+                     "predicted": pv[0], "confidence": pv[1],
+                     "qc_verdict": qc.get("verdict", ""), "qc_reason": qc.get("reason", "")})
 
     # file names: the image's own name; the folders of its key are prepended only on a clash
     names = Counter((r["label"], safe_name(PurePosixPath(r["key"]).name)) for r in rows)
@@ -244,6 +259,10 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
         "split_settings": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
                            "grouped_by": ("groups given" if groups else group_pattern or ("task group" if has_groups else None))},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "out": str(out),
+        "image_quality": {"judged": bool(verdicts), "exclude_flagged": exclude_flagged,
+                          "exported": dict(Counter(r["qc_verdict"] or "not judged" for r in rows)),
+                          "unusable": sum(x["reason"].startswith(f"answered '{UNUSABLE}'") for x in left_out),
+                          "flagged_left_out": sum(x["reason"].startswith("image quality:") for x in left_out)},
     }
     if "json" in formats:
         (out / "manifest.json").write_text(json.dumps({"classes": classes, "images": rows}, indent=1))
@@ -254,6 +273,20 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
     (out / "README.md").write_text(dataset_datasheet(summary, rows, project))
     (out / MARKER).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _quality_lines(q: dict) -> str:
+    if not q["judged"]:
+        return "No image quality check was run on this project (`qc_verdict` is empty)."
+    flagged = {v: n for v, n in q["exported"].items() if v not in ("ok", "not judged")}
+    return "\n".join([
+        "- `manifest.csv` columns `qc_verdict` / `qc_reason`: each image's verdict (ok, blank, out_of_focus, "
+        "saturated, too_dark, duplicate, unusual) and the score that decided it",
+        f"- exported per verdict: {', '.join(f'{v} {n}' for v, n in sorted(q['exported'].items())) or 'none'}"
+        + (" (flagged images an annotator labeled anyway are exported as labeled)" if flagged else ""),
+        f"- flagged images left out (`--exclude-flagged`): {q['flagged_left_out']}" if q["exclude_flagged"]
+        else "- flagged images left out: none (`scopeloop export dataset --exclude-flagged` leaves them out)",
+        f"- images annotators answered 'unusable': {q['unusable']} (in left_out.csv, never a class)"])
 
 
 def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
@@ -297,6 +330,8 @@ def dataset_datasheet(summary: dict, rows: list[dict], project: dict) -> str:
         "- `manifest.csv`: one row per image (task id, original path, label, annotator, time, model prediction)\n"
         "- `split.csv`: train / val / test of every image\n- `label_map.json`: class index -> name\n"
         "- `left_out.csv`: labeled tasks not exported, with the reason\n- `export.json`: this summary, machine-readable",
+        "## Image quality",
+        _quality_lines(summary["image_quality"]),
         "## Use", "`scopeloop train --data <this folder>/images` trains on it (all labels; use split.csv for a fixed test set).",
         f"## Left out ({len(left)})",
         "\n".join(f"- task {x['task_id']} `{x['key']}`: {x['reason']}" for x in left[:200]) or "none",
@@ -535,6 +570,7 @@ def cmd_export(args, sync: Callable | None = None) -> int:
     formats = set(args.format or [])
     s = export_dataset(ws, args.out, snapshot, mode=args.mode, overwrite=args.overwrite, val_fraction=args.val_fraction,
                        test_fraction=args.test_fraction, seed=args.seed, group_pattern=args.group_pattern,
+                       exclude_flagged=args.exclude_flagged,
                        formats=formats, ls_export=_ls_exporter(snapshot, ws) if "ls-json" in formats else None)
     print(f"{s['exported']} labeled images exported to {s['out']} ({', '.join(f'{c} {n}' for c, n in s['counts'].items())})")
     if s["left_out"]:
@@ -580,6 +616,9 @@ def add_cli(subparsers) -> None:
     d.add_argument("--group-pattern", help="regex on the file name giving the image's group (e.g. 'BloodImage_\\d+'): "
                                            "a group never straddles train/val/test")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--exclude-flagged", action="store_true",
+                   help="leave out labeled images the image quality check flagged (blank, out of focus, ...); "
+                        "by default they are exported as labeled, with their verdict in the manifest")
     m = e.add_argument_group("model")
     m.add_argument("--version", help="model version (default: current)")
     m.add_argument("--model", help="a model registry or version folder instead of the project's (e.g. scopeloop train --out)")

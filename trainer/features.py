@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-FEATURES = ("final", "multiscale")
-DEFAULT_FEATURES = "multiscale"
+from trainer.space import DEFAULT_FEATURES, FEATURES, space_tag  # noqa: F401 - re-exported (the id lives in trainer.space)
 
 
 def orientations(x: torch.Tensor) -> list[torch.Tensor]:
@@ -93,11 +92,6 @@ def combine(parts):
     cat = torch.cat if isinstance(parts[0][0], torch.Tensor) else np.concatenate
     views = [cat([unit(b) for b in blocks], 1) for blocks in parts]
     return sum(views) / len(views)
-
-
-def space_tag(features: str | None) -> str:
-    """Suffix of an embedding-space id: embeddings of different `features` are not comparable."""
-    return "-ms" if features == "multiscale" else ""
 
 
 def supports(model: nn.Module) -> bool:

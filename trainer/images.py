@@ -7,7 +7,7 @@ Leica LIF). Everything becomes float32 (H, W, 3) in [0, 1] by four documented st
 
 1. **decode** with the field's readers: tifffile + imagecodecs for TIFF and 16-bit PNG, Pillow
    for 8-bit PNG/JPEG/BMP, the bioio family (optional extra ``pip install 'scopeloop[formats]'``)
-   for CZI/ND2/LIF. Slide-scanner pyramids: the full-resolution level. Multi-series files
+   for CZI/ND2/LIF and OME-Zarr folders (``*.zarr``, bioio-ome-zarr). Slide-scanner pyramids: the full-resolution level. Multi-series files
    (scenes, thumbnails, labels): the first series. EXIF/TIFF orientation is applied.
 2. **axes** come from the file's metadata (tifffile's ``series.axes`` for ImageJ, OME, MetaMorph,
    SVS, NDPI ...; bioio's dims for vendor formats): C (and RGB samples S) are colours, Z and T
@@ -16,8 +16,11 @@ Leica LIF). Everything becomes float32 (H, W, 3) in [0, 1] by four documented st
    one is a Z-stack, a trailing short axis after a long one is channel-last.
 3. **stack -> plane** (`Preprocessing`, recorded in the model's config): T -> one time point
    (``timepoint``, default 0, the first); Z -> maximum-intensity projection (``stack="mip"``,
-   default) or one plane (``stack="plane"``, ``plane`` index, default the middle one); any other
-   axis (tiles, views, lambda) -> its first index.
+   default), one plane (``stack="plane"``, ``plane`` index, default the middle one) or each plane
+   its own image (``stack="planes"``: `expand_planes` lists a Z-stack ``cells.tif`` of 5 planes as
+   ``cells.tif#z0`` ... ``cells.tif#z4``, one task each; a path ending ``#z<k>`` reads plane k,
+   unless a file of exactly that name exists); any other axis (tiles, views, lambda) -> its
+   first index.
 4. **intensities** (``normalisation``): ``per-image`` (default): 8-bit divided by 255 (its look
    is already meaningful, as in the ImageNet photos the backbone learned from); 16-bit, 32-bit,
    signed and float images get a per-image, per-channel robust stretch: the 0.5th percentile
@@ -26,6 +29,9 @@ Leica LIF). Everything becomes float32 (H, W, 3) in [0, 1] by four documented st
    of the pool (`dataset_ranges`): absolute differences (DNA content, expression level) survive.
    ``bit-depth``: a fixed division by 2**bits - 1 (``bit_depth``, e.g. 12 for a 12-bit camera
    writing 16-bit samples; default the sample type's own depth).
+   ``both`` (single-channel images only): R and B the per-image stretch, G the per-dataset
+   range: a grey image leaves two of the backbone's three inputs as copies, one of them carries
+   the absolute intensity (measured in docs/benchmarks.md, "Intensity normalisation").
    Then channels -> the backbone's 3 inputs (the documented mapping):
    1 channel -> copied to R, G and B;  2 channels -> R = ch0, G = ch1, B = 0;
    3 channels -> R, G, B;  4 channels from PNG/JPEG (RGBA) -> alpha dropped;
@@ -60,14 +66,17 @@ BIOIO_FORMATS = {
     ".nd2": ("Nikon ND2", "bioio-nd2"),
     ".lif": ("Leica LIF", "bioio-lif"),
 }
-IMAGE_SUFFIXES = PIL_SUFFIXES | TIFF_SUFFIXES | set(BIOIO_FORMATS)
+ZARR_SUFFIX = ".zarr"  # OME-Zarr (NGFF): a folder, read through bioio-ome-zarr
+ZARR_FORMAT = ("OME-Zarr", "bioio-ome-zarr")
+IMAGE_SUFFIXES = PIL_SUFFIXES | TIFF_SUFFIXES | set(BIOIO_FORMATS) | {ZARR_SUFFIX}
 FORMATS_EXTRA = "pip install 'scopeloop[formats]'"
 PERCENTILES = (0.5, 99.8)
 MAX_CHANNEL_AXIS = 16
 MEMMAP_BYTES = 64 << 20  # uncompressed TIFF series larger than this are memory-mapped, not read whole
 MAX_DECODE_BYTES = 2 << 30  # a compressed series larger than this (whole-slide images) is refused
-NORMALISATIONS = ("per-image", "per-dataset", "bit-depth")
-STACK_MODES = ("mip", "plane")
+NORMALISATIONS = ("per-image", "per-dataset", "bit-depth", "both")
+STACK_MODES = ("mip", "plane", "planes")
+_PLANE_SUFFIX = re.compile(r"#z(\d+)$")  # "cells.tif#z3": plane 3 of cells.tif (stack="planes")
 
 
 class ImageReadError(Exception):
@@ -124,11 +133,12 @@ class Preprocessing:
     (``preprocessing``) so training, inference, previews and export read alike.
 
     channels: image channels feeding R, G, B (None: the documented mapping).
-    stack: "mip" (maximum-intensity projection over Z, default) or "plane" (one Z plane).
+    stack: "mip" (maximum-intensity projection over Z, default), "plane" (one Z plane) or
+        "planes" (each Z plane its own image: paths ``<file>#z<k>``, see `expand_planes`).
     plane: the Z index for stack="plane" (None: the middle plane).
     timepoint: the T index of a time series (default 0, the first).
-    normalisation: "per-image" (default), "per-dataset" or "bit-depth" (see the module doc).
-    ranges: per-dataset only: ((lo, hi), ...) one per image channel, from `dataset_ranges`.
+    normalisation: "per-image" (default), "per-dataset", "bit-depth" or "both" (module doc).
+    ranges: per-dataset and both: ((lo, hi), ...) one per image channel, from `dataset_ranges`.
     bit_depth: bit-depth only: significant bits (e.g. 12); None: the sample type's depth.
     """
 
@@ -149,8 +159,8 @@ class Preprocessing:
             raise ValueError(f"stack '{self.stack}': use one of {', '.join(STACK_MODES)}")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation '{self.normalisation}': use one of {', '.join(NORMALISATIONS)}")
-        if self.normalisation == "per-dataset" and not self.ranges:
-            raise ValueError("normalisation 'per-dataset' needs ranges (trainer.images.dataset_ranges)")
+        if self.normalisation in ("per-dataset", "both") and not self.ranges:
+            raise ValueError(f"normalisation '{self.normalisation}' needs ranges (trainer.images.dataset_ranges)")
         if self.bit_depth is not None and not 1 <= int(self.bit_depth) <= 32:
             raise ValueError(f"bit_depth {self.bit_depth}: give the camera's bits per pixel, e.g. 12")
         if int(self.timepoint) < 0 or (self.plane is not None and int(self.plane) < 0):
@@ -173,25 +183,30 @@ class Preprocessing:
         if self.is_default:
             return ""
         parts = []
-        if self.stack != "mip" or self.plane is not None:
+        if self.stack == "planes":
+            parts.append("zeach")
+        elif self.stack != "mip" or self.plane is not None:
             parts.append(f"z{'mid' if self.plane is None else self.plane}")
         if self.timepoint:
             parts.append(f"t{self.timepoint}")
-        if self.normalisation == "per-dataset":
+        if self.normalisation in ("per-dataset", "both"):
             import hashlib
 
-            parts.append("nd" + hashlib.sha1(json.dumps(self.ranges).encode()).hexdigest()[:6])
+            parts.append(("nd" if self.normalisation == "per-dataset" else "nx")
+                         + hashlib.sha1(json.dumps(self.ranges).encode()).hexdigest()[:6])
         elif self.normalisation == "bit-depth":
             parts.append(f"nb{self.bit_depth or ''}")
         return "-".join(parts)
 
     def describe(self) -> str:
         """One line for `init`'s summary and the report."""
-        z = "maximum-intensity projection over Z" if self.stack == "mip" else (
+        z = "maximum-intensity projection over Z" if self.stack == "mip" else \
+            "each Z plane its own image (keys <file>#z<k>)" if self.stack == "planes" else (
             f"Z plane {self.plane}" if self.plane is not None else "the middle Z plane")
         norm = {"per-image": "per-image percentile stretch (0.5-99.8 %; 8-bit /255)",
                 "per-dataset": f"fixed per-dataset range per channel {[list(r) for r in self.ranges or []]}",
-                "bit-depth": f"fixed /{2 ** self.bit_depth - 1 if self.bit_depth else 'dtype max'} (bit depth)"}
+                "bit-depth": f"fixed /{2 ** self.bit_depth - 1 if self.bit_depth else 'dtype max'} (bit depth)",
+                "both": f"per-image stretch in R and B, fixed per-dataset range {[list(r) for r in self.ranges or []]} in G"}
         ch = f"; channels {list(self.channels)} -> R,G,B" if self.channels else ""
         return f"{z}; time point {self.timepoint}; {norm[self.normalisation]}{ch}"
 
@@ -207,6 +222,71 @@ def as_preprocessing(spec=None) -> Preprocessing:
         known = {k: v for k, v in spec.items() if k in Preprocessing.__dataclass_fields__ and v is not None}
         return Preprocessing(**known)
     return Preprocessing(channels=tuple(spec))
+
+
+def reader_of(cfg: Mapping) -> Preprocessing:
+    """The `Preprocessing` of a model config or a project's ``model`` settings (dicts holding
+    ``preprocessing`` (`Preprocessing.to_dict`) and ``channels``); defaults where absent."""
+    return as_preprocessing(dict(cfg.get("preprocessing") or {}, channels=cfg.get("channels")))
+
+
+# ---------------------------------------------------------------- Z planes as images
+
+def split_plane(path) -> tuple[Path, int | None]:
+    """(file, Z index) of a plane path ``<file>#z<k>``; (path, None) for any other path, and for
+    a file that really is named ``...#z<k>`` (an existing file wins)."""
+    p = Path(path)
+    m = _PLANE_SUFFIX.search(p.name)
+    if m is None or p.exists() or m.start() == 0:
+        return p, None
+    return p.with_name(p.name[:m.start()]), int(m.group(1))
+
+
+def plane_path(path, z: int) -> Path:
+    """The path naming Z plane `z` of `path` (``<path>#z<z>``), read by every reader here."""
+    return Path(f"{os.fspath(path)}#z{int(z)}")
+
+
+def image_exists(path) -> bool:
+    """Whether `path` names an image: a file, an OME-Zarr folder, or a plane ``<file>#z<k>`` of one."""
+    p, _ = split_plane(path)
+    return p.is_file() or (p.suffix.lower() == ZARR_SUFFIX and p.is_dir())
+
+
+def z_planes(path) -> int:
+    """Number of Z planes of a file (1 without a Z axis or when unreadable). TIFF: from the
+    header (no pixels read) when its metadata names the axes; otherwise the file is decoded."""
+    path = Path(path)
+    if path.suffix.lower() in PIL_SUFFIXES:
+        return 1
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                series = tf.series[0]
+                axes = series.axes.replace("I", "Z") if tf.is_imagej else series.axes
+                if "Q" not in axes and not ("I" in axes):
+                    return int(series.shape[axes.index("Z")]) if "Z" in axes else 1
+        except Exception:  # noqa: BLE001 - unreadable: one image (reading it reports the problem)
+            return 1
+    try:
+        dec = decode(path)
+    except (ImageReadError, _UnnamedAxes):
+        return 1
+    return int(dec.data.shape[dec.axes.index("Z")]) if "Z" in dec.axes else 1
+
+
+def expand_planes(paths: Iterable, prep=None) -> list[Path]:
+    """The images of a project: with ``stack="planes"`` every Z-stack of n planes becomes n plane
+    paths ``<file>#z0`` ... ``<file>#z<n-1>`` (one task each); otherwise `paths` unchanged."""
+    if as_preprocessing(prep).stack != "planes":
+        return [Path(p) for p in paths]
+    out: list[Path] = []
+    for p in paths:
+        n = z_planes(p)
+        out.extend([plane_path(p, z) for z in range(n)] if n > 1 else [Path(p)])
+    return out
 
 
 # ---------------------------------------------------------------- raw decoding
@@ -408,6 +488,8 @@ def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
 def _read_bioio(path: Path, fmt: str, plugin: str) -> Decoded:
     try:
         from bioio import BioImage
+        if plugin == ZARR_FORMAT[1]:
+            import bioio_ome_zarr  # noqa: F401 - bioio alone would only say "no plugin"
     except ImportError:
         raise ImageReadError(path, f"{fmt} files need the optional readers: {FORMATS_EXTRA} "
                                    f"(bioio + {plugin})") from None
@@ -436,6 +518,8 @@ def _read_bioio(path: Path, fmt: str, plugin: str) -> Decoded:
 def decode(path) -> Decoded:
     """The file's pixels with their axes (see `Decoded`); raises ImageReadError."""
     path = Path(path)
+    if path.suffix.lower() == ZARR_SUFFIX and path.is_dir():
+        return _read_bioio(path, *ZARR_FORMAT)
     if not path.is_file():
         raise ImageReadError(path, "file not found")
     if path.stat().st_size == 0:
@@ -469,7 +553,7 @@ def to_plane(dec: Decoded, prep: Preprocessing, path="image") -> np.ndarray:
             if prep.timepoint >= n:
                 raise ImageReadError(path, f"has {n} time point(s); the project reads time point {prep.timepoint}")
             idx.append(prep.timepoint)
-        elif a == "Z" and prep.stack == "plane":
+        elif a == "Z" and prep.stack == "plane":  # ("planes": a file without #z<k> is projected)
             k = n // 2 if prep.plane is None else prep.plane
             if k >= n:
                 raise ImageReadError(path, f"has {n} Z plane(s); the project reads plane {k}")
@@ -499,9 +583,12 @@ def to_plane(dec: Decoded, prep: Preprocessing, path="image") -> np.ndarray:
 
 
 def read_raw(path, draft_size: int | None = None, prep=None) -> np.ndarray:
-    """Pixels in the file's own dtype, (H, W) or (H, W, C), after the stack choices of `prep`."""
-    path = Path(path)
+    """Pixels in the file's own dtype, (H, W) or (H, W, C), after the stack choices of `prep`;
+    a plane path ``<file>#z<k>`` gives plane k of the file whatever `prep` says about stacks."""
+    path, z = split_plane(path)
     prep = as_preprocessing(prep)
+    if z is not None:
+        prep = replace(prep, stack="plane", plane=z)
     if path.suffix.lower() in PIL_SUFFIXES and path.is_file() and path.stat().st_size > 0 \
             and (_png_header(path) or (0,))[0] != 16:
         arr, orientation = _read_pil(path, draft_size)  # the fast path of 8-bit photos
@@ -522,6 +609,7 @@ def to_unit_range(arr: np.ndarray, prep=None, path="image") -> np.ndarray:
     arr = _native(arr)
     if prep.normalisation == "per-dataset":
         return _fixed_range(arr, prep.ranges, path)
+    # "both": this is its per-image part (`to_model_input` adds the fixed range in G)
     if prep.normalisation == "bit-depth":
         if arr.dtype.kind == "f":
             raise ImageReadError(path, "is a floating-point image: it has no bit depth; use normalisation "
@@ -564,9 +652,11 @@ def dataset_ranges(paths: Sequence, prep=None, sample: int = 200, seed: int = 0,
                    percentiles=PERCENTILES, pixels_per_image: int = 20_000) -> tuple[tuple[float, float], ...]:
     """One fixed (lo, hi) intensity per channel for `per-dataset` normalisation: the 0.5th and
     99.8th percentiles of pixels pooled from up to `sample` images of the pool (stack choices
-    of `prep` applied first). Unreadable images are left out; raises ValueError if none reads
-    or the channel counts differ."""
+    of `prep` applied first; ``stack="planes"``: the middle plane of a stack). Unreadable images
+    are left out; raises ValueError if none reads or the channel counts differ."""
     prep = replace(as_preprocessing(prep), normalisation="per-image", ranges=None)
+    if prep.stack == "planes":
+        prep = replace(prep, stack="plane", plane=None)
     rng = np.random.default_rng(seed)
     paths = list(paths)
     picked = [paths[i] for i in sorted(rng.choice(len(paths), min(sample, len(paths)), replace=False))] if paths else []
@@ -652,7 +742,23 @@ def read_image(path, channels=None) -> np.ndarray:
     Raises ImageReadError naming the file."""
     prep = as_preprocessing(channels)
     raw = read_raw(path, prep=prep)
-    return to_three_channels(to_unit_range(raw, prep, path), prep.channels, path)
+    return to_model_input(raw, prep, path)
+
+
+def to_model_input(raw: np.ndarray, prep=None, path="image") -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] from `read_raw`'s pixels: the project's normalisation, then
+    the channel mapping; ``both``: R, B per-image and G the per-dataset range of one channel."""
+    prep = as_preprocessing(prep)
+    out = to_three_channels(to_unit_range(raw, prep, path), prep.channels, path)
+    if prep.normalisation == "both":
+        n = len(prep.channels) if prep.channels else (1 if raw.ndim == 2 else raw.shape[-1])
+        if n != 1:
+            raise ImageReadError(path, f"has {n} channels; normalisation 'both' is for single-channel images "
+                                       "(choose one with channels, or use 'per-dataset')")
+        fixed = to_three_channels(_fixed_range(_native(raw), prep.ranges, path), prep.channels, path)
+        out = np.array(out, dtype=np.float32)
+        out[..., 1] = fixed[..., 1]
+    return out
 
 
 def load_for_model(path, size: int, channels=None) -> np.ndarray:
@@ -670,7 +776,7 @@ def load_for_model(path, size: int, channels=None) -> np.ndarray:
             and (prep.normalisation == "per-image" or (prep.normalisation == "bit-depth" and prep.bit_depth in (None, 8))):
         img = _resize_uint8(_pad_square(raw), size)
         return to_three_channels(img.astype(np.float32) * (1.0 / 255.0), None, path)
-    unit = to_three_channels(to_unit_range(raw, prep, path), prep.channels, path)
+    unit = to_model_input(raw, prep, path)
     return _resize_float(_pad_square(unit), size)
 
 
@@ -718,7 +824,10 @@ def save_preview(src, dst_png, max_side: int = 512, channels=None) -> Path:
 def describe(path, prep=None) -> dict:
     """What the reader made of a file: format, the file's axes/shape/dtype, where the axes came
     from, and the (H, W[, C]) plane the model gets. Raises ImageReadError."""
+    path, z = split_plane(path)
     prep = as_preprocessing(prep)
+    if z is not None:
+        prep = replace(prep, stack="plane", plane=z)
     dec = decode(path)
     plane = to_plane(dec, prep, path)
     return {"format": dec.fmt, "axes": dec.axes, "file_axes": dec.file_axes, "shape": tuple(dec.data.shape),
@@ -733,12 +842,15 @@ def _visible(p: Path, root: Path) -> bool:
 
 
 def list_images(folder, recursive: bool = True) -> list[Path]:
-    """Image files under `folder` (by suffix), sorted, hidden files and folders left out."""
+    """Image files under `folder` (by suffix), sorted, hidden files and folders left out; an
+    OME-Zarr folder (``*.zarr``) is one image (its chunks are not listed)."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder '{folder}' does not exist or is not a folder")
     it: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, root))
+    return sorted(p for p in it if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p, root)
+                  and (p.is_file() or (p.suffix.lower() == ZARR_SUFFIX and p.is_dir()))
+                  and not any(part.lower().endswith(ZARR_SUFFIX) for part in p.relative_to(root).parts[:-1]))
 
 
 def image_key(path, root) -> str:
@@ -779,10 +891,37 @@ def reading_settings(paths: Sequence, stack: str = "mip", plane: int | None = No
                      channels: Sequence[int] | None = None, sample: int = 200) -> Preprocessing:
     """A project's `Preprocessing` from its choices, computing what they need from the images:
     per-dataset ranges from a sample of `paths` (`dataset_ranges`), the bit depth from their
-    largest value when not given (`estimate_bit_depth`). Raises ValueError for a bad choice."""
+    largest value when not given (`estimate_bit_depth`). Raises ValueError for a bad choice
+    (``both`` on multi-channel images without one chosen channel included)."""
     base = Preprocessing(channels=channels, stack=stack, plane=plane, timepoint=timepoint)
-    if normalisation == "per-dataset":
-        return replace(base, normalisation="per-dataset", ranges=dataset_ranges(paths, base, sample=sample))
+    if normalisation in ("per-dataset", "both"):
+        ranges = dataset_ranges(paths, base, sample=sample)
+        if normalisation == "both" and len(ranges) > 1 and len(channels or ()) != 1:
+            raise ValueError(f"normalisation 'both' is for single-channel images; these have {len(ranges)} channels: "
+                             "use 'per-dataset', or pick one channel (--channels 0)")
+        return replace(base, normalisation=normalisation, ranges=ranges)
     if normalisation == "bit-depth":
         return replace(base, normalisation="bit-depth", bit_depth=bit_depth or estimate_bit_depth(paths))
     return replace(base, normalisation=normalisation)
+
+
+READING_CHOICES = ("stack", "plane", "timepoint", "normalisation", "bit_depth")
+
+
+def project_reading(paths: Sequence, choices: Mapping | None = None, stored: Mapping | None = None,
+                    channels: Sequence[int] | None = None, sample: int = 200) -> Preprocessing:
+    """A project's reading settings at `init`: `choices` (`READING_CHOICES`, None = not given)
+    over the `stored` ones (the project's ``preprocessing`` dict from an earlier init), over the
+    defaults. What a choice needs is computed from a sample of `paths` (`reading_settings`)
+    once: when nothing changed, the stored settings, per-dataset ranges included, are kept, so
+    re-running init on a grown folder does not move the embedding space. Raises ValueError."""
+    old = as_preprocessing(dict(stored or {}, channels=channels))
+    given = {k: v for k, v in (choices or {}).items() if k in READING_CHOICES and v is not None}
+    if "normalisation" in given and given["normalisation"] != old.normalisation:
+        old = replace(old, normalisation="per-image", ranges=None, bit_depth=None)
+    if "stack" in given and given["stack"] != old.stack:
+        old = replace(old, plane=None)
+    want = {k: given.get(k, getattr(old, k)) for k in READING_CHOICES}
+    if stored and all(want[k] == getattr(old, k) for k in READING_CHOICES):
+        return old
+    return reading_settings(paths, channels=channels, sample=sample, **want)

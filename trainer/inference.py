@@ -193,13 +193,13 @@ def predict_folder(model_dir, input_dir, out_csv, batch_size: int = 64, progress
     With `quality`, the `quality` column holds each image's verdict (trainer.quality: ok, blank,
     out_of_focus, saturated, too_dark, duplicate, unusual) and `quality_reason` the deciding score.
     """
-    from trainer.images import image_key, list_images
+    from trainer.images import expand_planes, image_key, list_images
     from trainer.model import ScopeModel
     from trainer.ood import OODReference
 
     model = ScopeModel.load(model_dir)
     cfg = model.config
-    paths = list_images(input_dir)
+    paths = expand_planes(list_images(input_dir), cfg.reader)  # stack "planes": one row per Z plane (<file>#z<k>)
     if not paths:
         raise FileNotFoundError(f"no images (png/jpg/tif) found under '{input_dir}'")
     res = run_model(model.net, paths, cfg.image_size, cfg.mean, cfg.std, cfg.reader, batch_size,

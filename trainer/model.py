@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from trainer.backbone import DEFAULT_BACKBONE, create_backbone
-from trainer.features import space_tag
+from trainer.space import space_id_of
 
 
 @dataclass
@@ -45,10 +45,8 @@ class ModelConfig:
 
     @property
     def backbone_id(self) -> str:
-        """Names the embedding space: embeddings from different ids are not comparable."""
-        tag = self.reader.tag() if self.preprocessing else ""
-        return (f"{self.backbone}-{self.image_size}px" + (f"-ch{'_'.join(map(str, self.channels))}" if self.channels else "")
-                + (f"-{tag}" if tag else "") + space_tag(self.features))
+        """Names the embedding space (`trainer.space`): embeddings from different ids are not comparable."""
+        return space_id_of(asdict(self))
 
 
 class Classifier(nn.Module):

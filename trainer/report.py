@@ -341,7 +341,10 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
     images_root = Path(project.get("images_root") or ".")
     metrics = reg.read_json(version, "metrics.json") if version else {}
     classes = list((metrics.get("validation") or {}).get("classes") or project.get("classes") or [])
-    tasks = {t["key"]: t for t in snap.get("tasks", {}).values() if t.get("label") and t.get("key")}
+    from label_config import UNUSABLE  # the answer "unusable image": never a class (issue 14)
+
+    tasks = {t["key"]: t for t in snap.get("tasks", {}).values() if t.get("label") and t.get("key") and t["label"] != UNUSABLE}
+    unusable = {t["key"] for t in snap.get("tasks", {}).values() if t.get("key") and t.get("label") == UNUSABLE}
     classes += sorted({t["label"] for t in tasks.values()} - set(classes))
     labeled = {c: sum(t["label"] == c for t in tasks.values()) for c in classes}
     preds = workspace.load_predictions(version) if version else None
@@ -410,11 +413,16 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
                         + _versions_table(points))
             summary["sections"].append("learning-curve")
 
+    # image quality (issue 14) --------------------------------------------------
+    qc_html, summary["image_quality"] = image_quality_section(workspace.root, images_root, tasks, unusable)
+    body.append(qc_html)
+    summary["sections"].append("image-quality")
+
     # images to look at -------------------------------------------------------
     cam = None
     if preds is not None and len(preds["keys"]):
         cam = _Cam(reg.path(version)) if version else None
-        body.append(_uncertain_section(preds, tasks, images_root, max_thumbs, cam))
+        body.append(_uncertain_section(preds, set(tasks) | unusable, images_root, max_thumbs, cam))
         summary["sections"].append("uncertain")
     if version and cam is None:
         cam = _Cam(reg.path(version))
@@ -513,6 +521,57 @@ def _estimate_table(est: dict) -> str:
 
 
 UNSURE_MARGIN = 0.5  # top-1 minus top-2 probability below this: the model hesitates
+
+
+QC_MEANING = {"ok": "no defect found", "blank": "no object in the field", "out_of_focus": "blurred beyond the "
+              "project's sharp images", "saturated": "many pixels at the top of the bit depth", "too_dark": "nearly black",
+              "duplicate": "repeats another image", "unusual": "far from every other image"}
+
+
+def image_quality_section(workdir, images_root, labeled: dict, unusable: set, per: int = 6) -> tuple[str, dict]:
+    """(HTML, summary) of the image quality pass (trainer.quality): images per verdict with n and
+    share, and a montage of up to `per` examples per verdict, each captioned with its deciding score.
+    `labeled`: key -> task of images labeled with a class; `unusable`: keys answered "unusable"."""
+    from trainer.quality import VERDICTS, load_verdicts, project_settings
+
+    verdicts = load_verdicts(workdir)
+    n = len(verdicts)
+    counts = {v: 0 for v in VERDICTS}
+    for e in verdicts.values():
+        counts[e["verdict"]] = counts.get(e["verdict"], 0) + 1
+    flagged_labeled = sorted(k for k in labeled if verdicts.get(k, {}).get("verdict", "ok") != "ok")
+    summary = {"images": n, "counts": counts, "unusable": len(unusable), "flagged_labeled": len(flagged_labeled)}
+    head = '<h2 id="image-quality">Image quality</h2>'
+    answered = (f"<p>Annotators answered <b>unusable image</b> for {len(unusable)} image(s): they left the queue and are "
+                "not training data.</p>" if unusable else "")
+    if not n:
+        return (head + '<p class="note" id="qc-none">No image quality check yet: it runs at <code>scopeloop init</code> '
+                "and at every refresh.</p>" + answered), summary
+    try:
+        where = ("excluded from" if project_settings(workdir).flagged == "exclude" else "put at the end of")
+    except ValueError:
+        where = "kept out of the head of"
+    rows = "".join(f'<tr id="qc-count-{v}"><td>{v}</td><td>{c}</td><td>{100.0 * c / n:.1f} %</td>'
+                   f"<td>{html.escape(QC_MEANING.get(v, ''))}</td></tr>" for v, c in counts.items() if c or v == "ok")
+    table = ('<table id="table-image-quality"><tr><th>verdict</th><th>images</th><th>share</th><th>meaning</th></tr>'
+             f"{rows}</table>")
+    text = (f"<p>{n} images checked before they reached the queue. Flagged images are {where} the suggested order "
+            "(project setting <code>flagged</code> in qc_settings.json), never deleted; each one's verdict and deciding "
+            "score is in its Label Studio task (column <code>qc</code>). "
+            f"{len(flagged_labeled)} flagged image(s) were labeled anyway and are used as labeled.</p>")
+    montage = []
+    by_verdict: dict = {}
+    for k in sorted(verdicts):
+        by_verdict.setdefault(verdicts[k]["verdict"], []).append(k)
+    for v in [v for v in VERDICTS if v != "ok"] + ["ok"]:
+        ks = by_verdict.get(v, [])
+        if not ks:
+            continue
+        pick = [ks[int(i)] for i in np.unique(np.linspace(0, len(ks) - 1, min(per, len(ks))).round().astype(int))]
+        items = [{"key": k, "thumb": _thumb(Path(images_root) / k, 96),
+                  "text": verdicts[k].get("reason") or "ok"} for k in pick]
+        montage.append(f'<h3 id="qc-montage-{v}">{v} ({len(ks)})</h3>' + _cards(items, f"qc-{v}"))
+    return head + text + table + answered + '<div id="qc-montage">' + "".join(montage) + "</div>", summary
 
 
 def _uncertain_section(preds, tasks, images_root, k, cam=None) -> str:
