@@ -95,7 +95,15 @@ def prepare_out(out, overwrite: bool, kind: str, protect: Sequence = ()) -> Path
 
 
 def _place(src: Path, dst: Path, mode: str) -> str:
-    """Copy or link `src` to `dst`; returns what was done (hard links fall back to copies)."""
+    """Copy or link `src` to `dst`; returns what was done (hard links fall back to copies).
+    A Z plane ``<file>#z<k>`` (project stack "planes") is written as its own TIFF (raw pixels)."""
+    from trainer.images import read_raw, split_plane
+
+    if split_plane(src)[1] is not None:
+        import tifffile
+
+        tifffile.imwrite(dst, read_raw(src))
+        return "plane"
     if mode == "symlink":
         dst.symlink_to(src.resolve())
         return "symlink"
@@ -110,6 +118,12 @@ def _place(src: Path, dst: Path, mode: str) -> str:
 
 
 # ------------------------------------------------------------------ dataset
+def _plane_file(key: str) -> str:
+    """The exported file name of a key: a Z plane ``dir/a.tif#z3`` becomes ``dir/a_z3.tif``."""
+    m = re.fullmatch(r"(.*?)(\.[^./]*)?#z(\d+)", key)
+    return f"{m.group(1)}_z{m.group(3)}.tif" if m else key
+
+
 def _chosen_annotation(task: dict) -> dict:
     """The annotation that gave the task its label: the last updated one with that label."""
     anns = sorted(task.get("annotations") or [], key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)))
@@ -162,6 +176,7 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
     """
     if mode not in ("copy", "symlink", "hardlink"):
         raise ExportError(f"unknown mode '{mode}': use copy, symlink or hardlink")
+    from trainer.images import image_exists
     snap = copy.deepcopy(snapshot if snapshot is not None else workspace.labels)
     project = workspace.project
     images_root = Path(workspace.images_root)
@@ -202,7 +217,7 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
         if problem is None and key in seen:
             problem = f"same image as task {seen[key]} (exported once)"
         src = images_root / key if problem is None else None
-        if problem is None and not src.is_file():
+        if problem is None and not image_exists(src):
             problem = "image file missing"
         if problem:
             left_out.append({"task_id": str(tid), "key": str(key), "reason": problem})
@@ -221,12 +236,12 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
                      "qc_verdict": qc.get("verdict", ""), "qc_reason": qc.get("reason", "")})
 
     # file names: the image's own name; the folders of its key are prepended only on a clash
-    names = Counter((r["label"], safe_name(PurePosixPath(r["key"]).name)) for r in rows)
+    names = Counter((r["label"], safe_name(PurePosixPath(_plane_file(r["key"])).name)) for r in rows)
     used: set = set()
     for r in rows:
-        name = safe_name(PurePosixPath(r["key"]).name)
+        name = safe_name(PurePosixPath(_plane_file(r["key"])).name)
         if names[(r["label"], name)] > 1:
-            name = safe_name("__".join(PurePosixPath(r["key"]).parts))
+            name = safe_name("__".join(PurePosixPath(_plane_file(r["key"])).parts))
         while (r["label"], name) in used:
             name = "_" + name
         used.add((r["label"], name))
@@ -418,7 +433,8 @@ def export_model(model_dir, out, workspace=None, overwrite: bool = False, torchs
     cfg = model.config
     (out / "preprocessing.json").write_text(json.dumps({
         "image_size": cfg.image_size, "channels": cfg.channels, "mean": cfg.mean, "std": cfg.std,
-        "steps": ["read: 8-bit images /255; 16-bit and float images per channel: 0.5th percentile -> 0, 99.8th -> 1",
+        "reading": cfg.reader.to_dict(),  # stack, plane, timepoint, normalisation, ranges, bit_depth
+        "steps": [f"read (trainer.images): {cfg.reader.describe()}",
                   "channels -> RGB: 1 channel copied to R,G,B; 2 channels -> R,G,0; >3 -> first three or `channels`",
                   "pad to a square (reflect), resize bilinear to image_size",
                   "(x - mean) / std per channel (done inside model.torchscript.pt, which takes [0, 1] input)"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -189,14 +190,9 @@ def _fill_folds(X, y, n_classes, folds, fold, logp, seed, fit_head) -> None:
 
 def backbone_id(cfg: dict) -> str:
     """`ModelConfig.backbone_id` from a config.json dict, without importing timm (seconds)."""
-    ch = cfg.get("channels")
-    tag = ""
-    if cfg.get("preprocessing"):
-        from trainer.images import as_preprocessing
+    from trainer.space import space_id_of
 
-        tag = as_preprocessing(dict(cfg["preprocessing"], channels=ch)).tag()
-    return (f"{cfg['backbone']}-{cfg['image_size']}px" + (f"-ch{'_'.join(map(str, ch))}" if ch else "")
-            + (f"-{tag}" if tag else "") + ("-ms" if cfg.get("features") == "multiscale" else ""))  # features.space_tag
+    return space_id_of(cfg)
 
 
 def contradicted(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -208,14 +204,15 @@ def contradicted(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     return wrong[np.argsort(-(logp[wrong, pred[wrong]] - logp[wrong, y[wrong]]), kind="stable")]
 
 
-def _thumb(path, size: int = 112) -> str:
-    """JPEG data URI of a contrast-normalised thumbnail ('' if unreadable)."""
+def _thumb(path, size: int = 112, reader=None) -> str:
+    """JPEG data URI of the thumbnail as the model sees it (`reader`: the model's reading
+    settings, `ModelConfig.reader`); '' if unreadable."""
     from PIL import Image
 
     from trainer.images import ImageReadError, load_for_model
 
     try:
-        arr = load_for_model(path, size)
+        arr = load_for_model(path, size, reader)
     except ImageReadError:
         return ""
     buf = io.BytesIO()
@@ -234,6 +231,12 @@ class _Cam:
 
         budget_s = float(os.environ.get("SCOPELOOP_REPORT_CAM_S", "10")) if budget_s is None else budget_s
         self.model = None
+        try:  # thumbnails read as this model reads (stack, time point, normalisation, channels)
+            from trainer.images import reader_of
+
+            self.reader = reader_of(json.loads((Path(model_dir) / "config.json").read_text()))
+        except Exception:  # noqa: BLE001 - no readable config: the defaults
+            self.reader = None
         try:
             from trainer.model import ScopeModel
 
@@ -244,11 +247,11 @@ class _Cam:
 
     def thumb(self, path, size: int = 112) -> str:
         if self.model is None or time.time() > self.deadline:
-            return _thumb(path, size)
+            return _thumb(path, size, self.reader)
         try:
             return self._overlay(path, size)
         except Exception:
-            return _thumb(path, size)
+            return _thumb(path, size, self.reader)
 
     def _overlay(self, path, size: int) -> str:
         import matplotlib
