@@ -7,6 +7,11 @@ Per project (its work directory), in Redis:
                                   annotations finds it taken and adds nothing)
   scopeloop:p:<id>:lock           held (with a TTL kept alive by a heartbeat) while a refresh
                                   trains and publishes: two workers never publish at once
+Queues (what a worker takes is chosen per worker, `scopeloop worker --queues`):
+  scopeloop       quick refreshes (seconds on a CPU): every worker listens here
+  scopeloop-gpu   deep refreshes (fine-tuning) and embedding chunks: GPU workers listen here;
+                  a worker without CUDA only when told to (`--queues quick,gpu,low`)
+  scopeloop-low   housekeeping (pruning Label Studio's old predictions) when nothing else waits
 A refresh job keeps its `pending` key until it holds the lock, so at any time there is at most
 one running and one pending refresh per project and kind. If a worker dies (SIGKILL), its lock
 expires and `gen > done` tells the watchdog (`recover`) to queue the refresh again.
@@ -25,8 +30,13 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.job import Job
 
-QUEUE_NAME = "scopeloop"
+QUEUE_NAME = "scopeloop"          # quick refreshes: any worker
+GPU_QUEUE_NAME = "scopeloop-gpu"  # deep refreshes and embedding chunks: GPU workers (CPU ones if told to)
 LOW_QUEUE_NAME = "scopeloop-low"  # housekeeping a worker does only when no refresh waits
+# the short names `scopeloop worker --queues` takes, and what each queue carries (for `status`)
+QUEUE_ROLES = {"quick": (QUEUE_NAME, "quick refreshes, any worker"),
+               "gpu": (GPU_QUEUE_NAME, "deep refreshes and embedding chunks, GPU workers"),
+               "low": (LOW_QUEUE_NAME, "housekeeping, when nothing else waits")}
 JOB_FUNC = "scopeloop.refresh.refresh_job"
 PRUNE_FUNC = "scopeloop.refresh.prune_job"
 KINDS = ("quick", "deep")
@@ -49,15 +59,33 @@ def project_id(workspace_root: str) -> str:
 
 @dataclass
 class RefreshQueue:
+    """Refresh requests of every project. `queue_name` carries quick refreshes, `gpu_queue_name`
+    (default: `queue_name` + "-gpu") deep ones, `low_queue_name` (`queue_name` + "-low") pruning;
+    tests override `queue_name` to stay apart."""
+
     redis: Redis
     queue_name: str = QUEUE_NAME
+    gpu_queue_name: str | None = None
+    low_queue_name: str | None = None
+
+    def __post_init__(self):
+        default = self.queue_name == QUEUE_NAME
+        if self.gpu_queue_name is None:
+            self.gpu_queue_name = GPU_QUEUE_NAME if default else f"{self.queue_name}-gpu"
+        if self.low_queue_name is None:
+            self.low_queue_name = LOW_QUEUE_NAME if default else f"{self.queue_name}-low"
 
     def key(self, root: str, *parts: str) -> str:
         return ":".join(["scopeloop", "p", project_id(root), *parts])
 
     @property
     def queue(self) -> Queue:
+        """The quick-refresh queue (every worker listens on it)."""
         return Queue(self.queue_name, connection=self.redis)
+
+    def queue_for(self, kind: str) -> Queue:
+        """Where a refresh of `kind` goes: deep ones to the GPU queue, quick ones to any worker."""
+        return Queue(self.gpu_queue_name if kind == "deep" else self.queue_name, connection=self.redis)
 
     # --------------------------------------------------------------- requests
     def note_labels(self, root: str, n: int = 1) -> int:
@@ -74,7 +102,7 @@ class RefreshQueue:
         job_id = f"refresh-{kind}-{project_id(root)}-{uuid.uuid4().hex[:8]}"
         if not self.redis.set(self.key(root, "pending", kind), job_id, nx=True, ex=TIMEOUTS[kind] * 2):
             return None
-        self.queue.enqueue(JOB_FUNC, root, kind, reason, job_id=job_id, job_timeout=TIMEOUTS[kind],
+        self.queue_for(kind).enqueue(JOB_FUNC, root, kind, reason, job_id=job_id, job_timeout=TIMEOUTS[kind],
                            retry=Retry(max=3, interval=[10, 30, 90]), result_ttl=7 * 24 * 3600,
                            failure_ttl=7 * 24 * 3600, description=f"{kind} refresh of {root} ({reason})")
         return job_id
@@ -85,7 +113,7 @@ class RefreshQueue:
         job_id = f"prune-{project_id(root)}-{uuid.uuid4().hex[:8]}"
         if not self.redis.set(self.key(root, "pending", "prune"), job_id, nx=True, ex=3600):
             return None
-        Queue(LOW_QUEUE_NAME, connection=self.redis).enqueue(
+        Queue(self.low_queue_name, connection=self.redis).enqueue(
             PRUNE_FUNC, root, job_id=job_id, job_timeout=3600, result_ttl=24 * 3600,
             description=f"prune old predictions of {root}")
         return job_id
@@ -175,13 +203,34 @@ class RefreshQueue:
     def jobs(self, root: str) -> dict:
         """Queued / running / failed refresh jobs of a project, for `scopeloop status`."""
         pid = project_id(root)
-        q = self.queue
         out = {"queued": [], "running": [], "failed": []}
-        for name, ids in (("queued", q.get_job_ids()), ("running", q.started_job_registry.get_job_ids()),
-                          ("failed", q.failed_job_registry.get_job_ids())):
-            for jid in ids:
-                if pid in jid:
-                    job = Job.fetch(jid, connection=self.redis) if name == "failed" else None
-                    out[name].append({"id": jid, "error": (job.latest_result().exc_string.strip().splitlines()[-1]
-                                                          if job and job.latest_result() else None)})
+        for q in (self.queue, self.queue_for("deep")):
+            for name, ids in (("queued", q.get_job_ids()), ("running", q.started_job_registry.get_job_ids()),
+                              ("failed", q.failed_job_registry.get_job_ids())):
+                for jid in ids:
+                    if pid in jid:
+                        job = Job.fetch(jid, connection=self.redis) if name == "failed" else None
+                        out[name].append({"id": jid, "queue": q.name,
+                                          "error": (job.latest_result().exc_string.strip().splitlines()[-1]
+                                                    if job and job.latest_result() else None)})
+        return out
+
+    def overview(self) -> list[dict]:
+        """Per queue, what waits and what runs (every project), and how many workers listen.
+
+        Returns one dict per queue (quick, gpu, low): ``{"role", "queue", "purpose", "waiting":
+        [job ids, oldest first], "running": [job ids], "workers": n listening, "busy": n}``.
+        A deep refresh that waits with ``workers == 0`` on the gpu queue needs a GPU worker
+        (or a CPU worker started with ``--queues quick,gpu,low``)."""
+        from rq import Worker
+
+        names = {"quick": self.queue_name, "gpu": self.gpu_queue_name, "low": self.low_queue_name}
+        workers = Worker.all(connection=self.redis)
+        out = []
+        for role, name in names.items():
+            q = Queue(name, connection=self.redis)
+            listening = [w for w in workers if name in w.queue_names()]
+            out.append({"role": role, "queue": name, "purpose": QUEUE_ROLES[role][1],
+                        "waiting": q.get_job_ids(), "running": q.started_job_registry.get_job_ids(),
+                        "workers": len(listening), "busy": sum(1 for w in listening if w.get_state() == "busy")})
         return out

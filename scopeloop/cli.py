@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 import time
@@ -131,12 +132,18 @@ def _workspace(args):
 
 def cmd_worker(args) -> int:
     from scopeloop.settings import load_settings
-    from scopeloop.worker import run_worker
+    from scopeloop.worker import QUEUES_ENV, worker_queues
 
     require_faiss()
     settings = load_settings()
-    print(f"worker listening on {settings.redis_url or 'redis://127.0.0.1:6379/0'} (Ctrl-C to stop)")
-    run_worker(settings, burst=args.burst, scheduler=not args.no_scheduler)
+    queues = worker_queues(args.queues or os.environ.get(QUEUES_ENV), device=settings.device)
+    from scopeloop.worker import run_worker
+
+    print(f"worker listening on {settings.redis_url or 'redis://127.0.0.1:6379/0'}, queues {', '.join(queues)}"
+          + ("" if any(q.endswith("-gpu") for q in queues) else
+             " (no GPU: deep refreshes and embedding chunks are left to GPU workers; --queues all takes them too)")
+          + " (Ctrl-C to stop)")
+    run_worker(settings, burst=args.burst, scheduler=not args.no_scheduler, queues=queues)
     return 0
 
 
@@ -195,15 +202,34 @@ def cmd_status(args) -> int:
         e = st["last_error"]
         print(f"  last failure ({e['kind']}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['time']))}): {e['error']}")
     try:
-        jobs = RefreshQueue(connect_redis(settings.redis_url, timeout=2)).jobs(str(ws.root))
+        rq = RefreshQueue(connect_redis(settings.redis_url, timeout=2))
+        jobs = rq.jobs(str(ws.root))
         for state in ("running", "queued", "failed"):
             for j in jobs[state]:
-                print(f"  job {state}: {j['id']}" + (f" -- {j['error']}" if j.get("error") else ""))
+                print(f"  job {state}: {j['id']} ({j['queue']})" + (f" -- {j['error']}" if j.get("error") else ""))
         if not any(jobs.values()):
             print("  jobs: none queued or running")
+        print_queues(rq.overview())
     except Exception as exc:
         print(f"  jobs: Redis not reachable ({type(exc).__name__}); labels are safe in Label Studio")
     return 0
+
+
+def print_queues(overview: list[dict], show: int = 5) -> None:
+    """Per queue (all projects): waiting and running jobs, workers listening."""
+    print("queues (all projects):")
+    for q in overview:
+        print(f"  {q['queue']} ({q['purpose']}): {len(q['waiting'])} waiting, {len(q['running'])} running; "
+              f"{q['workers']} worker(s) listening, {q['busy']} busy")
+        for state in ("running", "waiting"):
+            ids = q[state]
+            for jid in ids[:show]:
+                print(f"    {state}: {jid}")
+            if len(ids) > show:
+                print(f"    ... and {len(ids) - show} more {state}")
+        if q["role"] == "gpu" and q["waiting"] and not q["workers"]:
+            print("    no worker takes this queue: start a GPU worker (sbatch scripts/slurm_worker.sh), "
+                  "or a CPU one with `scopeloop worker --queues all`")
 
 
 def _class_list(text: str | None):
@@ -335,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="RQ worker for refresh jobs (Redis from REDIS_URL). Uses CUDA when present.")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.add_argument("--no-scheduler", action="store_true", help="do not run nightly/recovery checks in this worker")
+    w.add_argument("--queues", default=None,
+                   help="which jobs to take: comma-separated quick (quick refreshes), gpu (deep refreshes, embedding "
+                        "chunks), low (housekeeping), or 'all'; default 'auto' (env SCOPELOOP_WORKER_QUEUES): "
+                        "quick,low plus gpu when CUDA is available. A CPU-only worker takes deep refreshes only with "
+                        "gpu in this list")
     w.set_defaults(func=cmd_worker)
 
     r = sub.add_parser("refresh", help="retrain the project's model now (quick, or --deep fine-tune)",

@@ -157,6 +157,10 @@ def start_backend(settings, port: int, log_dir: Path) -> ChildProcess:
     raise ServiceError(f"the ML backend did not answer on port {port} within 60 s; log {child.log_path}")
 
 
-def start_worker(settings, log_dir: Path, name: str = "worker", **extra_env) -> ChildProcess:
+def start_worker(settings, log_dir: Path, name: str = "worker", queues: str = "all", **extra_env) -> ChildProcess:
+    """A `scopeloop worker` child. `queues` (SCOPELOOP_WORKER_QUEUES): "all" by default, since
+    on one machine this worker is the only one and must take deep refreshes too, GPU or not;
+    "auto" lets it decide from the GPU it sees, "quick,low" makes it a CPU-only worker."""
+    extra_env.setdefault("SCOPELOOP_WORKER_QUEUES", queues)
     return ChildProcess(name, [sys.executable, "-m", "scopeloop.cli", "worker"],
                         service_env(settings, **extra_env), log_dir / f"{name}.log").start()

@@ -9,17 +9,63 @@ The scheduler runs in its own (spawned) process, not a thread: RQ forks a work h
 and forking while another thread holds a lock (an import, logging, a socket) can deadlock the
 child. The parent imports the refresh code once (torch, timm, faiss: ~1.5 s) so each forked job
 starts with it loaded; it runs no torch operation itself, so no thread pool exists at fork time.
+
+Which queues (ml_backend.queue): every worker takes quick refreshes; deep refreshes and
+embedding chunks (the GPU queue) only a worker that sees a CUDA GPU, or one told to with
+`--queues quick,gpu,low` (or SCOPELOOP_WORKER_QUEUES). The GPU is probed in a child process:
+initialising CUDA in this (forking) parent would break CUDA in every job.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
 
 from rq import Worker
 
-from ml_backend.queue import LOW_QUEUE_NAME, QUEUE_NAME, connect_redis
+from ml_backend.queue import QUEUE_ROLES, connect_redis
 from scopeloop.settings import Settings
+
+QUEUES_ENV = "SCOPELOOP_WORKER_QUEUES"
+
+
+def has_gpu(device: str | None = None) -> bool:
+    """Whether this worker counts as a GPU worker: SCOPELOOP_DEVICE (`device`) "cpu" -> no,
+    "cuda..." -> yes; unset -> whether torch sees CUDA, asked in a child process (a CUDA
+    context in the worker's parent would not survive the fork of each job)."""
+    device = (device or "").strip().lower()
+    if device:
+        return device.startswith("cuda")
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.stdout.strip().endswith("True")
+
+
+def worker_queues(spec: str | None = None, gpu: bool | None = None, device: str | None = None) -> list[str]:
+    """RQ queue names a worker listens on, in priority order.
+
+    spec: comma-separated short names out of quick, gpu, low (e.g. "quick,gpu,low"), "all", or
+    None/"auto": quick and low, plus gpu when this machine has a GPU (`gpu`, else `has_gpu`).
+    Quick refreshes come first (annotators wait on them, they take seconds), then the GPU
+    queue, then housekeeping. Raises ValueError naming the unknown name and the valid ones."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "all":
+        roles = ["quick", "gpu", "low"]
+    elif spec == "auto":
+        roles = ["quick", "gpu", "low"] if (has_gpu(device) if gpu is None else gpu) else ["quick", "low"]
+    else:
+        roles = [r.strip() for r in spec.split(",") if r.strip()]
+        bad = [r for r in roles if r not in QUEUE_ROLES]
+        if bad or not roles:
+            raise ValueError(f"--queues / {QUEUES_ENV}: unknown queue {', '.join(bad) or '(none given)'}; "
+                             f"use a comma-separated list of {', '.join(QUEUE_ROLES)}, or 'all' or 'auto'")
+        roles = [r for r in QUEUE_ROLES if r in roles]  # the priority order, whatever the input order
+    return [QUEUE_ROLES[r][0] for r in roles]
 
 
 def _scheduler_main(settings: Settings, tick_s: float) -> None:
@@ -35,7 +81,12 @@ def _scheduler_main(settings: Settings, tick_s: float) -> None:
 
 def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True,
                tick_s: float = float(os.environ.get("SCOPELOOP_SCHEDULER_TICK", "30")),
-               name: str | None = None) -> None:
+               name: str | None = None, queues: list[str] | None = None) -> None:
+    """Run an RQ worker until stopped (or, with `burst`, until its queues are empty).
+    `queues`: RQ queue names in priority order (default: `worker_queues()` from
+    SCOPELOOP_WORKER_QUEUES / the GPU probe)."""
+    if queues is None:
+        queues = worker_queues(os.environ.get(QUEUES_ENV), device=settings.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import ml_backend.labelstudio  # noqa: F401  (preloaded for the forked jobs, see above)
     import sampler  # noqa: F401
@@ -50,7 +101,7 @@ def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True,
         proc = multiprocessing.get_context("spawn").Process(target=_scheduler_main, args=(settings, tick_s),
                                                             name="scopeloop-scheduler", daemon=True)
         proc.start()
-    worker = Worker([QUEUE_NAME, LOW_QUEUE_NAME], connection=redis, name=name)  # in priority order
+    worker = Worker(queues, connection=redis, name=name)  # in priority order
     try:
         worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# A scopeloop worker on a cluster GPU node: takes refresh jobs (quick and deep) from the lab's
-# Redis, trains on the GPU, publishes models into the shared SCOPELOOP_HOME. See docs/hpc.md.
+# A scopeloop worker on a cluster GPU node: takes refresh jobs from the lab's Redis (quick
+# refreshes, and from the GPU queue deep refreshes and embedding chunks), trains on the GPU,
+# publishes models into the shared SCOPELOOP_HOME. See docs/hpc.md.
 #
 #   sbatch scripts/slurm_worker.sh                 # from the repository folder: a long-lived worker
 #   sbatch scripts/slurm_worker.sh --burst         # do what is queued, then exit (frees the GPU)
+#   sbatch --gres=none scripts/slurm_worker.sh --queues quick,gpu   # a CPU node helping with
+#                                                  # embedding chunks (and deep refreshes, slowly)
 #   sbatch --partition=gpu-long --time=3-00:00:00 scripts/slurm_worker.sh   # override any #SBATCH line
 #
 # Settings come from an env file (not from this script: it holds the Redis password and the
@@ -59,7 +62,9 @@ echo "scopeloop worker on $(hostname), job ${SLURM_JOB_ID:-none}, GPU: $(nvidia-
 python -c 'import torch; print("torch", torch.__version__, "CUDA available:", torch.cuda.is_available())'
 
 # ---- the worker. The lab server's worker runs the scheduler (nightly, recovery); this one
-# only takes jobs. Extra arguments go to `scopeloop worker` (e.g. --burst).
+# only takes jobs. Extra arguments go to `scopeloop worker` (e.g. --burst, --queues). Which
+# queues: with a GPU visible, quick + gpu + low; without one (no --gres gpu), quick + low
+# only, unless --queues (or SCOPELOOP_WORKER_QUEUES in the env file) says otherwise.
 scopeloop worker --no-scheduler "$@" &
 worker_pid=$!
 requeue() {

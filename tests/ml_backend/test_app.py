@@ -126,8 +126,9 @@ def client(make_app):
 
 def queued_jobs(app, root) -> list[str]:
     b = app.extensions["scopeloop"]
-    q = Queue(b.queue_name, connection=Redis.from_url(b.redis_url))
-    return [j for j in q.get_job_ids() if project_id(str(root)) in j]
+    names = (b.queue_name, f"{b.queue_name}-gpu")  # quick refreshes, and deep ones (the GPU queue)
+    return [j for n in names for j in Queue(n, connection=Redis.from_url(b.redis_url)).get_job_ids()
+            if project_id(str(root)) in j]
 
 
 # ------------------------------------------------------------------ health / setup

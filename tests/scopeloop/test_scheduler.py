@@ -2,7 +2,7 @@ from datetime import datetime
 
 from rq import Queue
 
-from ml_backend.queue import QUEUE_NAME, RefreshQueue
+from ml_backend.queue import GPU_QUEUE_NAME, QUEUE_NAME, RefreshQueue
 from scopeloop.scheduler import Scheduler
 
 
@@ -16,7 +16,8 @@ def test_nightly_deep_refresh_fires_once_per_day_with_shifted_clock(redis_conn):
     clock["now"] = datetime(2026, 11, 22, 2, 1).timestamp()
     fired = s.tick()
     assert len(fired) == 1 and fired[0].startswith("refresh-deep-")
-    job = Queue(QUEUE_NAME, connection=redis_conn).fetch_job(fired[0])
+    job = Queue(GPU_QUEUE_NAME, connection=redis_conn).fetch_job(fired[0])  # deep: the GPU workers' queue
+    assert Queue(QUEUE_NAME, connection=redis_conn).get_job_ids() == []
     assert job.args[1] == "deep" and "nightly" in job.args[2]
     redis_conn.delete(q.key("/p/n", "pending", "deep"))
     clock["now"] = datetime(2026, 11, 22, 23, 0).timestamp()
