@@ -89,6 +89,8 @@ def _space_id(cfg: dict, finetuned_from: str | None) -> str:
 class Refresher:
     """Runs refreshes for one project; the Label Studio client is injected (tests, CLI)."""
 
+    chunk_queue = None  # rq.Queue whose workers help embed (set by refresh_job; None: embed here only)
+
     def __init__(self, ws: Workspace, client, device: str | None = None, log=print):
         self.ws, self.client, self.log = ws, client, log
         self.pick_reasons: dict[int, str] = {}  # row -> why the sampler picked it (set by _rank)
@@ -132,7 +134,11 @@ class Refresher:
             return run_model(m, paths, self.model_cfg["image_size"], pre.mean, pre.std,
                              self.reader, device=self._torch_device(), desc="embedding")
 
-        all_keys, emb, skipped = cache.update(keys, [root / k for k in keys], embed)
+        from trainer.embedding_jobs import for_project  # chunks: resumable, shared with other workers
+
+        chunked = for_project(cache.root, embed, self.model_cfg, weights_file, self.chunk_queue, self.log, DEFAULT_FEATURES)
+        all_keys, emb, skipped = cache.update(keys, [root / k for k in keys], chunked)
+        chunked.cleanup()
         if len(skipped):
             self.log(skipped.summary())
             write_json_atomic(self.ws.root / "skipped_images.json", skipped.skipped)
@@ -546,6 +552,7 @@ def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
         client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
         ws = Workspace(Path(root))
         refresher = Refresher(ws, client, device=settings.device or None)
+        refresher.chunk_queue = q.queue_for("deep")  # embedding chunks: to GPU workers (the GPU queue)
         try:
             outcome = refresher.run(kind)
         except Exception as exc:
