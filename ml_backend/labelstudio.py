@@ -246,17 +246,24 @@ class LabelStudioClient:
         return b.id
 
     # ------------------------------------------------------------------- tasks
-    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
-        """Bulk import (each dict is the task `data`); returns task ids in input order."""
+    def import_tasks(self, project_id: int, tasks: list[dict], progress: bool | None = None) -> list[int]:
+        """Bulk import (each dict is the task `data`) in requests of IMPORT_CHUNK tasks; returns
+        task ids in input order. `progress`: a progress bar on stderr (None: when more than one
+        request is needed and stderr is a terminal; 100,000 tasks take ~25 s on PostgreSQL)."""
+        from tqdm.auto import tqdm
+
         ids: list[int] = []
-        for i in range(0, len(tasks), IMPORT_CHUNK):
-            chunk = tasks[i:i + IMPORT_CHUNK]
-            r = self._call(f"import {len(chunk)} tasks", self.sdk.projects.import_tasks, project_id,
-                           request=chunk, return_task_ids=True)
-            if r.task_ids is None or len(r.task_ids) != len(chunk):
-                raise LabelStudioError(f"import tasks: sent {len(chunk)}, LS reports "
-                                       f"{r.task_count} created; check the task data fields")
-            ids.extend(r.task_ids)
+        off = (None if len(tasks) > IMPORT_CHUNK else True) if progress is None else not progress
+        with tqdm(total=len(tasks), desc="importing tasks", unit="task", disable=off) as bar:
+            for i in range(0, len(tasks), IMPORT_CHUNK):
+                chunk = tasks[i:i + IMPORT_CHUNK]
+                r = self._call(f"import {len(chunk)} tasks", self.sdk.projects.import_tasks, project_id,
+                               request=chunk, return_task_ids=True)
+                if r.task_ids is None or len(r.task_ids) != len(chunk):
+                    raise LabelStudioError(f"import tasks: sent {len(chunk)}, LS reports "
+                                           f"{r.task_count} created; check the task data fields")
+                ids.extend(r.task_ids)
+                bar.update(len(chunk))
         return ids
 
     def list_tasks(self, project_id: int, *, annotated: bool | None = None,

@@ -95,7 +95,10 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
     existing = client.task_keys(pid)
     stale = _previews_stale(previews, reader)
     new_tasks = []
-    for path in expand_planes((p for p in list_images(root) if not p.is_relative_to(previews)), reader):
+    from tqdm.auto import tqdm  # a progress bar on a terminal: 100,000 images take minutes
+
+    for path in tqdm(expand_planes((p for p in list_images(root) if not p.is_relative_to(previews)), reader),
+                     desc="reading images", unit="img", disable=None):
         # (previews kept inside the image folder are not images to label)
         key = image_key(path, root)
         if key in existing:
