@@ -262,7 +262,7 @@ class ChunkedEmbedder:
     def _enqueue(self, chunks: list[list[str]]) -> list[str]:
         ids = []
         for c in chunks:
-            jid = f"embed-{chunk_id(c)}"
+            jid = f"embed-{hashlib.sha1(str(self.chunk_dir).encode()).hexdigest()[:8]}-{chunk_id(c)}"
             self.queue.enqueue(JOB_FUNC, self.factory, self.factory_kwargs, str(self.chunk_dir), c, self.ttl,
                                job_id=jid, job_timeout=self.job_timeout, result_ttl=3600, failure_ttl=24 * 3600,
                                description=f"embed {len(c)} images into {self.chunk_dir}")

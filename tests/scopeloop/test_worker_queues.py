@@ -173,3 +173,11 @@ def test_status_shows_waiting_and_running_per_queue(setup, monkeypatch, capsys):
         w.join(30)
         if w.is_alive():
             w.kill()
+
+
+def test_worker_with_an_unknown_queue_says_which_names_exist(capsys):
+    from scopeloop.cli import main
+
+    assert main(["worker", "--queues", "quick,deep"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown queue deep" in err and "quick, gpu, low" in err and "Traceback" not in err
