@@ -213,8 +213,21 @@ class LabelStudioClient:
     def setup_ordering(self, project_id: int) -> None:
         """"Label All Tasks" = ascending score of current-version predictions (see module doc).
 
-        `evaluate_predictions_automatically` stays off: LS must not ask the ML backend live for
-        predictions while listing tasks; the worker pushes them in bulk.
+        What Label Studio 1.23.2 does with these two settings (read in its source, checked by
+        tests/ml_backend/test_bounded_push.py):
+
+        * `show_collab_predictions=True`: opening a task that has NO prediction (GET
+          /api/tasks/{id}: the Data Manager's task view, a task link) makes LS call the
+          connected ML backend's /predict for it (`tasks.api.TaskAPI.get`) and store the answer.
+          That is how a task outside the pushed head gets its pre-annotation on demand.
+        * `evaluate_predictions_automatically` stays off: with it on, LS calls /predict for every
+          task of every Data Manager page it lists without a prediction, and for every task of an
+          unpaginated listing; listing 100,000 tasks would write 100,000 predictions.
+        * The labeling stream (/next) shows only predictions of the project's model_version; it
+          asks the backend only when that version equals the backend's title, and with that
+          setting every pruned version resets the project's model_version (Project.
+          delete_predictions), losing the order. So the head is pushed, sized to last until the
+          next push (scopeloop.refresh.head_size), and a task served beyond it has no suggestion.
         """
         self._call(f"set ordering of project {project_id}", self.sdk.projects.update, project_id,
                    sampling="Uncertainty sampling", show_collab_predictions=True,
@@ -347,8 +360,15 @@ class LabelStudioClient:
 
     def push_predictions(self, project_id: int, rows: Iterable[PredictionRow], model_version: str,
                          *, from_name: str = "label", to_name: str = "image",
-                         prune: bool = True) -> PushReport:
+                         prune: bool = True, score_scale: int | None = None,
+                         queue_length: int | None = None) -> PushReport:
         """Import predictions for many tasks, switch the project to `model_version`, prune.
+
+        Each prediction's top-level score is `priority / score_scale` (default: the number of
+        rows): a refresh that pushes only the head of its order passes the number of images, so
+        the head and the predictions the backend's /predict makes for tasks opened outside it
+        (rank / number of images) sort on one scale. `queue_length` (default: the number of
+        rows) is the queue size the suggestion text names ("queue position 3 of 2,000").
 
         Order makes the switch atomic for annotators: while importing, the project still
         points at the old version (LS filters by it), one update flips it, then old versions
@@ -369,9 +389,11 @@ class LabelStudioClient:
             raise LabelStudioError(f"model_version {model_version!r} is already live in project "
                                    f"{project_id}; push under a new version name")
         n = max(len(rows), 1)
+        scale = max(int(score_scale or n), n)
+        queue = int(queue_length or n)
         payload = [{
             "task": r.task_id, "model_version": model_version,
-            "score": r.priority / n,  # LS serves ascending score: the sampler's order
+            "score": min(r.priority / scale, 1.0),  # LS serves ascending score: the sampler's order
             # label None (cold start, no model yet): an empty result, only the order
             "result": [] if r.label is None else [{
                 "from_name": from_name, "to_name": to_name, "type": "choices",
@@ -380,7 +402,7 @@ class LabelStudioClient:
                 "meta": {"text": [f"confidence {r.confidence:.2f}, "
                                   f"queue position {r.priority + 1}"]}}] + ([{
                 "from_name": SUGGESTION_NAME, "to_name": to_name, "type": "textarea",
-                "value": {"text": [suggestion_text(r, n)]}}] if shows_text else []),
+                "value": {"text": [suggestion_text(r, queue)]}}] if shows_text else []),
         } for r in rows]
         t0 = time.perf_counter()
         created = 0

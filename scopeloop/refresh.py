@@ -32,12 +32,22 @@ from trainer.workspace import Workspace, read_json, write_json_atomic
 
 GATE_TOLERANCE = float(os.environ.get("SCOPELOOP_GATE_TOLERANCE", "0.02"))
 RANK_BUDGET = int(os.environ.get("SCOPELOOP_RANK_BUDGET", "50"))
-# Label Studio deletes predictions one row at a time (~17 ms each on SQLite, docs/benchmarks.md):
-# re-pushing 10,000 predictions after every label would spend minutes deleting the old ones.
-# A quick refresh of a big pool therefore pushes the head of the queue (what annotators reach
-# before the next refresh); small pools, deep and nightly refreshes push every unlabeled task.
-FULL_PUSH_MAX = int(os.environ.get("SCOPELOOP_FULL_PUSH_MAX", "1000"))
-QUICK_PUSH_TOP = int(os.environ.get("SCOPELOOP_QUICK_PUSH_TOP", "300"))
+# Label Studio's work per refresh is bounded by what annotators reach, not by the pool. It
+# deletes predictions one row at a time (~17 ms each on SQLite; 100,000 on PostgreSQL took over
+# 25 minutes, docs/benchmarks.md) and imports 100,000 in ~3 minutes, so EVERY refresh (quick,
+# deep, nightly) pushes only the head of the new order: labels per hour (measured on the label
+# snapshot) x hours until the next push replaces it (measured on refresh_history.jsonl) x a
+# margin, between a floor and a cap (`head_size`). Only pushed predictions are ever pruned. The
+# full prediction table stays in the work directory (predictions/<version>.npz, the export); a
+# task outside the head is pre-annotated when opened: Label Studio asks the backend's /predict,
+# which serves it from that table (ml_backend.labelstudio.LabelStudioClient.setup_ordering).
+PUSH_FLOOR = int(os.environ.get("SCOPELOOP_PUSH_FLOOR", "300"))      # tasks, at least
+PUSH_CAP = int(os.environ.get("SCOPELOOP_PUSH_CAP", "3000"))         # tasks, at most
+PUSH_MARGIN = float(os.environ.get("SCOPELOOP_PUSH_MARGIN", "2"))    # x (rate x interval)
+PUSH_MIN_INTERVAL_S = float(os.environ.get("SCOPELOOP_PUSH_MIN_INTERVAL_S", "600"))
+RATE_WINDOW = 200        # most recent annotations the labeling rate is measured on
+PAUSE_S = 4 * 3600       # a longer gap between refreshes (or labels) is a pause, not labeling time
+MIN_LABEL_GAP_S = 1.0    # annotations closer than this were imported in bulk, not labeled by hand
 VAL_SHARE = 5  # deep refresh: one image in five (by key hash) validates the fine-tune
 KEEP_CANDIDATES = int(os.environ.get("SCOPELOOP_KEEP_CANDIDATES", "3"))  # held-back versions kept
 TRAINING_LABELS = "training_labels.json"  # {image key: class} a version was trained on (the gate refits its recipe)
@@ -188,10 +198,12 @@ class Refresher:
         t_train = time.time()
         labeled = np.zeros(len(keys), bool)
         labeled[[row[k] for k in lab_keys]] = True
+
         order = self._rank(emb, probs, labeled, keys)
-        push_order = order if kind == "deep" or len(order) <= FULL_PUSH_MAX else order[:QUICK_PUSH_TOP]
-        pushed = self._push(keys, task_ids, probs, order, push_order, version)
+        sizing = head_size(len(order), labeling_rate(snapshot), refresh_interval(self.ws.root / "refresh_history.jsonl"))
+        pushed = self._push(keys, task_ids, probs, order, order[:sizing["head"]], version)
         outcome.update(pushed)
+        outcome["push"] = sizing
         outcome["seconds"] = {"sync": round(t_sync - t0, 2), "embed": round(t_embed - t_sync, 2),
                               "train": round(t_train - t_embed, 2), "rank_push": round(time.time() - t_train, 2),
                               "total": round(time.time() - t0, 2)}
@@ -502,8 +514,11 @@ class Refresher:
                                           self.pick_reasons.get(int(r), "")))
             else:
                 rows.append(PredictionRow(task_ids[keys[r]], None, 0.0, pos))
+        # priority = rank / number of images: the score the backend's /predict gives a task opened
+        # outside the pushed head (ml_backend.predictor), so both kinds of prediction sort together
         report = self.client.push_predictions(pid, rows, ls_version, from_name=self.ws.project.get("from_name", "label"),
-                                              to_name=self.ws.project.get("to_name", "image"), prune=False)
+                                              to_name=self.ws.project.get("to_name", "image"), prune=False,
+                                              score_scale=len(keys), queue_length=len(order))
         self.ws.update_status(pushes=n, ls_model_version=ls_version, serving_version=version)
         return {"ls_model_version": ls_version, "pushed": report.created,
                 "push_seconds": round(report.import_s + report.switch_s, 2)}
@@ -523,6 +538,75 @@ class Refresher:
                  if v != live and (_push_number(v) is None or _push_number(v) < live_n)]
         n = sum(self.client.delete_model_version(pid, v) for v in stale)
         return {"pruned": n, "prune_seconds": round(time.time() - t0, 2)}
+
+
+def _epoch(value) -> float | None:
+    """An annotation time as Label Studio writes it (ISO 8601, maybe with Z) -> epoch seconds."""
+    from datetime import datetime, timezone
+
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def labeling_rate(snapshot: dict, window: int = RATE_WINDOW) -> float:
+    """Labels per hour while annotators work, from the label snapshot (ml_backend.sync).
+
+    The `window` most recent annotations (all annotators together) are sorted by creation time;
+    the rate is the number of gaps between them over their summed length, counting only gaps
+    between MIN_LABEL_GAP_S (closer: imported in bulk) and PAUSE_S (longer: nobody was labeling).
+    0.0 with fewer than two such gaps."""
+    times = sorted(t for task in (snapshot or {}).get("tasks", {}).values()
+                   for a in task.get("annotations") or [] if (t := _epoch(a.get("created_at"))) is not None)
+    gaps = [g for g in np.diff(times[-window:]) if MIN_LABEL_GAP_S <= g <= PAUSE_S]
+    return 3600.0 * len(gaps) / float(sum(gaps)) if len(gaps) >= 2 else 0.0
+
+
+def refresh_interval(history_path, entries: int = 50) -> float:
+    """Seconds until the next push replaces this one, from the project's refresh_history.jsonl:
+    the longest of the last `entries` gaps between refreshes that ended (gaps over PAUSE_S are
+    pauses) and of their durations (annotators label the previous head while a deep refresh
+    runs), at least PUSH_MIN_INTERVAL_S. A missing or unreadable history gives that minimum."""
+    lines: list[str] = []
+    try:
+        with open(history_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 256 * 1024))  # the tail is enough: the file only grows
+            lines = f.read().decode("utf-8", "replace").splitlines()[-entries:]
+    except OSError:
+        pass
+    done, longest = [], 0.0
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("finished"), (int, float)):
+            done.append(float(rec["finished"]))
+            longest = max(longest, float((rec.get("seconds") or {}).get("total") or 0.0))
+    gaps = [g for g in np.diff(sorted(done)) if g <= PAUSE_S]
+    return max([PUSH_MIN_INTERVAL_S, longest, *gaps])
+
+
+def head_size(unlabeled: int, rate_per_hour: float, interval_s: float, *, floor: int | None = None,
+              cap: int | None = None, margin: float | None = None) -> dict:
+    """How many tasks of the new order a refresh pushes to Label Studio: what annotators reach
+    before the next push, ceil(rate x interval x margin), between `floor` and `cap` (defaults:
+    SCOPELOOP_PUSH_FLOOR / _CAP / _MARGIN), never more than the `unlabeled` tasks there are.
+
+    Returns {"head": int, "rate_per_hour", "interval_s", "reach", "floor", "cap"} (recorded
+    with the refresh outcome)."""
+    floor = PUSH_FLOOR if floor is None else floor
+    cap = PUSH_CAP if cap is None else cap
+    margin = PUSH_MARGIN if margin is None else margin
+    reach = int(np.ceil(max(rate_per_hour, 0.0) * max(interval_s, 0.0) / 3600.0 * margin))
+    head = max(0, min(unlabeled, max(floor, min(cap, reach))))
+    return {"head": head, "rate_per_hour": round(rate_per_hour, 1), "interval_s": round(interval_s, 1),
+            "reach": reach, "floor": floor, "cap": cap}
 
 
 def _push_number(ls_version: str) -> int | None:
