@@ -80,6 +80,10 @@ VARIANTS = {
     "w2": {"workers": 2},
     "t1": {"pipeline": [_patch_main_threads]},
     "passive": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    # the embedding itself (trainer/features.py): "baseline" runs the pre-logits ("final")
+    # embedding; this one the default "multiscale" (two orientations): its pipeline img/s over
+    # baseline's, in the same repeat, is the embedding's cost per image (issue 15: <= 2x)
+    "multiscale": {"features": "multiscale"},
 }
 
 
@@ -135,9 +139,9 @@ def child(spec: dict) -> dict:
     from trainer.backbone import create_backbone
 
     try:
-        net, pre, source = create_backbone(spec["model"], "imagenet")
+        net, pre, source = create_backbone(spec["model"], "imagenet", spec.get("features", "final"))
     except Exception as exc:  # no shipped weights for that name: speed is the same
-        net, pre, source = create_backbone(spec["model"], "none")
+        net, pre, source = create_backbone(spec["model"], "none", spec.get("features", "final"))
         source += f" ({type(exc).__name__})"
     res["weights"] = source
     net = net.eval().to(memory_format=torch.channels_last)
@@ -313,7 +317,8 @@ def main() -> None:
                 for v in variants:
                     vs = VARIANTS[v]
                     spec = {**base, "size": size, "fmt": fmt, "variant": v, "paths_file": str(files[fmt]),
-                            "workers": vs.get("workers", args.workers), "env": {**env, **vs.get("env", {})}}
+                            "workers": vs.get("workers", args.workers), "env": {**env, **vs.get("env", {})},
+                            "features": vs.get("features", "final")}
                     key = tuple(f.__name__ for f in vs.get("loader", []))
                     if key not in decoded:  # decode cost depends only on the loader patches
                         decoded[key] = run_child({**spec, "phase": "decode"})
@@ -355,6 +360,22 @@ def main() -> None:
         print(f"| {s['size']} | {s['format']} | {s['variant']} | {s['decode_img_s_per_core']:.0f} | "
               f"{s['decode_cpu_ms']:.1f} | {s['model_img_s']:.1f} | {s['model_cpu_ms']:.1f} | "
               f"{s['pipeline_img_s']:.1f} | {s['pipeline_cpu_ms']:.1f} | {s['ratio']:.2f}{flag} |")
+    if "baseline" in variants and "multiscale" in variants:
+        print("\nembedding cost, multiscale / final, per image (within each repeat, then the median):")
+        for size in args.size:
+            for fmt in formats:
+                def per_rep(key, v):
+                    return {r["repeat"]: r[key] for r in raw if r["phase"] == "pair" and r["size"] == size
+                            and r["fmt"] == fmt and r["variant"] == v}
+                costs = {}
+                for label, key, inv in (("wall, pipeline", "images_per_s", True), ("CPU, pipeline", "cpu_ms_per_image", False),
+                                        ("wall, bare model", "model_images_per_s", True)):
+                    b, m = per_rep(key, "baseline"), per_rep(key, "multiscale")
+                    ratios = [(b[k] / m[k]) if inv else (m[k] / b[k]) for k in b if k in m]
+                    costs[label] = statistics.median(ratios)
+                summary.append({"size": size, "format": fmt, "embedding_cost_multiscale_over_final": costs})
+                print(f"  {size} px {fmt}: " + ", ".join(f"{k} {v:.2f}x" for k, v in costs.items())
+                      + f" ({args.repeats} repeat(s); target <= 2x)")
     if args.json_out:
         _write_json(args.json_out, {"meta": meta, "summary": summary, "raw": raw})
         print(f"\nwrote {args.json_out}")
