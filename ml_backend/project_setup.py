@@ -9,6 +9,9 @@
   inside the bulk task import for new tasks (one request), one `annotations.create` each for
   tasks that already existed unlabeled (LS CE has no bulk annotation API).
 * A corrupt image is skipped and reported, never fatal.
+* `task_data(key)` adds fields to each new task's data: `scopeloop.projects.init` passes the
+  image quality verdict (ml_backend.qc_tasks: `qc`, `qc_score`, `qc_note`), so a flagged image
+  shows its verdict in Label Studio from the start, at no extra request.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -35,10 +39,20 @@ class InitReport:
     labels_imported: int = 0
     labels_skipped: list[dict] = field(default_factory=list)  # {"key", "reason"}
     previews: int = 0           # PNG previews written
+    qc: dict | None = None      # image quality: {"counts": {verdict: n}, "csv": path} or {"error": ...}
 
     def summary(self) -> str:
         s = (f"project {self.project_id}: {self.created} task(s) created, {self.existing} already "
              f"there, {len(self.skipped)} image(s) skipped, {self.labels_imported} label(s) imported")
+        if self.qc and self.qc.get("counts") is not None:
+            c = self.qc["counts"]
+            flagged = {v: n for v, n in c.items() if v != "ok" and n}
+            s += (f"\nimage quality: {sum(flagged.values())} of {sum(c.values())} image(s) flagged"
+                  + (" (" + ", ".join(f"{v} {n}" for v, n in flagged.items()) + "): kept out of the suggested order, "
+                     "verdict in the task data (column qc)" if flagged else "")
+                  + f"; scores per image: {self.qc.get('csv')}")
+        elif self.qc and self.qc.get("error"):
+            s += f"\nimage quality not checked: {self.qc['error']} (the worker's first refresh checks again)"
         for item in self.skipped[:20]:
             s += f"\n  skipped {item['path']}: {item['reason']}"
         for item in self.labels_skipped[:20]:
@@ -51,6 +65,7 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
                  title: str | None = None, labels: str | Path | None = None,
                  backend_url: str | None = None, label_config: str | None = None,
                  project_id: int | None = None, served_root: str | Path | None = None,
+                 task_data: Callable[[str], dict] | None = None,
                  served_previews: str | Path | None = None, reader=None) -> InitReport:
     """Create or update the project for `images`; see the module docstring.
 
@@ -61,6 +76,7 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
     looking the project up by `title` (default: the folder name).
     `served_root` / `served_previews`: the paths Label Studio reaches `images` / `previews_dir`
     by (links under its root, see scopeloop.projects); default: the folders themselves.
+    `task_data(key)`: extra data fields for each new task (see the module docstring).
     `reader`: the project's reading settings (`trainer.images.Preprocessing`): previews show
     what the model sees, and with ``stack="planes"`` each Z plane is its own task (key
     ``<file>#z<k>``). Previews made under other settings are remade in place (same URLs).
@@ -119,6 +135,8 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
             else served / shown.relative_to(root)
         task = {cfg.value_key: local_files_url(shown.relative_to(docroot).as_posix()),
                 "key": key, "path": str(path)}
+        if task_data is not None:
+            task.update({k: v for k, v in task_data(key).items() if k not in task})
         label = _checked_label(known.get(key), key, cfg.classes, report)
         if label is not None:
             task = {"data": task, "annotations": [{"result": [_choice(cfg, label)]}]}

@@ -24,6 +24,7 @@ from pathlib import Path
 from label_config import parse_config
 from ml_backend.labelstudio import LabelStudioClient, LabelStudioError
 from ml_backend.project_setup import init_project
+from ml_backend.qc_tasks import publish_verdicts, task_fields
 from trainer.workspace import Workspace, read_json
 
 DEFAULT_MODEL = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "image_size": 224, "channels": None}
@@ -156,11 +157,16 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
             else:
                 before = existing
         label_config = None if created_pid else client.get_project(before)["label_config"]
+        verdicts, qc = _quality_pass(work, images)  # issue 14: every image judged before it reaches the queue
         report = init_project(client, images, classes, labels=labels, backend_url=backend_url, label_config=label_config,
                               document_root=docroot, previews_dir=work / "previews", title=ls_title(name),
+                              task_data=(lambda key: task_fields(verdicts.get(key))) if verdicts is not None else None,
                               project_id=before, served_root=link_dir / "images",
                               served_previews=link_dir / "previews", reader=reader)
         cfg = parse_config(client.get_project(report.project_id)["label_config"])
+        if verdicts is not None:  # tasks that existed before: verdicts that changed (or flagged ones from before QC)
+            qc["written"] = publish_verdicts(client, report.project_id, work, None, verdicts, log=lambda *_: None)["updated"]
+        report.qc = qc
     except BaseException as exc:
         if created_pid is not None:
             try:
@@ -181,6 +187,25 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
                       n_tasks=report.created + report.existing, document_root=str(docroot),
                       served_root=str(link_dir / "images"))
     return ws, report
+
+
+def _quality_pass(work: Path, images: Path) -> tuple[dict | None, dict]:
+    """(verdicts {key: {verdict, reason}}, summary) of every image of the folder (trainer.quality,
+    kept in <work>/qc/; images measured before are not read again). Without embeddings yet: near
+    duplicates and `unusual` are judged by the worker's first refresh. Never fatal: a failure gives
+    (None, {"error": ...}) and the first refresh tries again."""
+    from trainer.images import image_key, list_images
+    from trainer.quality import QC_DIR, project_qc
+
+    try:
+        keys = [image_key(p, images) for p in list_images(images) if not p.is_relative_to(work)]
+        verdicts = project_qc(work, images, keys, None, log=lambda *_: None)
+    except Exception as exc:  # noqa: BLE001 - QC is advisory: the project is made all the same
+        return None, {"error": f"{type(exc).__name__}: {exc}"}
+    counts = {}
+    for v in verdicts.values():
+        counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
+    return verdicts, {"counts": counts, "csv": str(work / QC_DIR / "qc.csv")}
 
 
 def _ls_project_exists(client, pid) -> bool:

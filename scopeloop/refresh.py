@@ -198,8 +198,17 @@ class Refresher:
         t_train = time.time()
         labeled = np.zeros(len(keys), bool)
         labeled[[row[k] for k in lab_keys]] = True
+        # issue 14: images answered "unusable image" leave the queue like labeled ones (never a class)
+        from ml_backend.qc_tasks import publish_verdicts
+        from ml_backend.sync import unusable_keys
+
+        gone = [row[k] for k in unusable_keys(snapshot) if k in row]
+        labeled[gone] = True
+        outcome["unusable"] = len(gone)
 
         order = self._rank(emb, probs, labeled, keys)
+        # issue 14: image quality verdicts that changed (new images, embeddings) shown in Label Studio
+        outcome["qc_written"] = publish_verdicts(self.client, pid, self.ws.root, task_ids, log=self.log)["updated"]
         sizing = head_size(len(order), labeling_rate(snapshot), refresh_interval(self.ws.root / "refresh_history.jsonl"))
         pushed = self._push(keys, task_ids, probs, order, order[:sizing["head"]], version)
         outcome.update(pushed)
