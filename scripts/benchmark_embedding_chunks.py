@@ -1,7 +1,7 @@
 """Chunked embedding throughput: the refresh alone vs the refresh plus RQ workers taking chunks.
 
     nice -n 10 flock /tmp/scopeloop-heavy.lock .venv/bin/python scripts/benchmark_embedding_chunks.py \
-        --images 2048 --image-size 128 --chunk 256
+        --images 2048 --image-size 128 --chunk 256 --configs 1x2,2x1,2x2 --resume
 
 Images: the dev set (tests/data/bccd_wbc, 351 crops) linked `--images` times under distinct names
 (real JPEG decoding, no generated data). A private embedded Redis; helper workers are `rq`
@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--features", default="multiscale")
     ap.add_argument("--configs", default="1x2,2x1",
                     help="processes x torch threads each, comma-separated (the first process is the refresh itself)")
+    ap.add_argument("--resume", action="store_true", help="also: crash after half the chunks, time the rerun")
     args = ap.parse_args()
 
     import torch
@@ -95,6 +96,34 @@ def main() -> int:
             rows.append({"config": f"{procs} process(es) x {threads} thread(s)", "images": len(paths),
                          "seconds": round(dt, 1), "images_per_s": round(len(paths) / dt, 1),
                          "chunks_here": ce.stats["computed_here"], "chunks_by_workers": ce.stats["by_others"]})
+            print(json.dumps(rows[-1]), flush=True)
+        if args.resume:  # a crash after half the chunks, then the rerun (1 process, all threads)
+            torch.set_num_threads(int(args.configs.split(",")[0].split("x")[1]))
+            embed = backbone_embedder(**kw)
+            done = {"n": 0}
+
+            def crashing(p):
+                if done["n"] == args.images // args.chunk // 2:
+                    raise RuntimeError("killed")
+                done["n"] += 1
+                return embed(p)
+
+            folder = tmp / "chunks-resume"
+            t = time.perf_counter()
+            try:
+                ChunkedEmbedder(folder, crashing, chunk_size=args.chunk, log=lambda *_: None)(paths)
+            except RuntimeError:
+                pass
+            t_crash = time.perf_counter() - t
+            ce = ChunkedEmbedder(folder, embed, chunk_size=args.chunk, log=lambda *_: None)
+            t = time.perf_counter()
+            res = ce(paths)
+            dt = time.perf_counter() - t
+            assert len(res.rows) == len(paths)
+            rows.append({"config": f"rerun after a crash at chunk {done['n'] + 1} ({t_crash:.1f} s of work before it)",
+                         "images": len(paths), "seconds": round(dt, 1), "images_per_s": round(len(paths) / dt, 1),
+                         "chunks_here": ce.stats["computed_here"], "chunks_by_workers": 0,
+                         "chunks_found": ce.stats["found"]})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         redis.stop()
