@@ -163,16 +163,11 @@ def backbone_embedder(backbone: str, weights: str, features: str, image_size: in
     import torch
 
     from trainer.backbone import create_backbone
+    from trainer.images import reader_of
     from trainer.inference import default_device, run_model
 
     net, pre, _ = create_backbone(backbone, weights, features)
-    model_cfg = model_cfg or {}
-    try:
-        from trainer.images import reader_of
-
-        reading = reader_of(model_cfg)
-    except ImportError:  # reading settings not known to this version: channels only
-        reading = model_cfg.get("channels")
+    reading = reader_of(model_cfg or {})  # the project's reading settings, as the refresh reads
     dev = device or os.environ.get("SCOPELOOP_DEVICE") or None
     dev = torch.device(dev) if dev else default_device()
 

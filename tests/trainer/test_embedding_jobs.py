@@ -247,3 +247,22 @@ def test_worker_killed_mid_chunk_its_claim_expires_and_the_chunk_is_done_here(tm
     _same(out, fake_embed(PATHS))
     assert here.images == len(PATHS)  # every chunk, the dead worker's included, computed here
     assert time.time() - t < 30
+
+
+def test_chunk_jobs_embed_like_the_refresh(tmp_path):
+    """What a worker's chunk job builds from the refresh's factory arguments embeds exactly like
+    the refresh's own network (same backbone, features, size and reading settings)."""
+    from scopeloop.refresh import Refresher
+    from trainer.embedding_jobs import DEFAULT_FACTORY, for_project, resolve
+    from trainer.workspace import Workspace
+
+    ws = Workspace(tmp_path / "p")
+    ws.update_project(images_root=str(SAMPLE), classes=["a", "b"], ls_project_id=1,
+                      model={"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "image_size": 64,
+                             "channels": [1, 1, 1], "preprocessing": {"normalisation": "bit-depth"}})
+    r = Refresher(ws, client=None, log=lambda *_: None)
+    paths = sorted(SAMPLE.rglob("*.jpg"))[:6]
+    keys, emb = r.embed_all([p.relative_to(SAMPLE).as_posix() for p in paths])
+    kwargs = for_project(tmp_path / "x", None, r.model_cfg).factory_kwargs
+    job_side = resolve(DEFAULT_FACTORY)(**dict(kwargs, device="cpu"))([SAMPLE / k for k in keys])
+    np.testing.assert_array_equal(job_side.embeddings, emb)
