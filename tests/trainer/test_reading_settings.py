@@ -163,3 +163,12 @@ def test_batch_predict_gives_one_row_per_plane(tmp_path):
     with open(tmp_path / "p.csv", newline="") as f:
         files = [r["file"] for r in csv.DictReader(f)]
     assert out["predicted"] == 4 and files == ["cells.tif#z0", "cells.tif#z1", "cells.tif#z2", "flat.tif"]
+
+
+def test_dataset_export_writes_a_plane_as_its_own_tiff(tmp_path):
+    from trainer.export import _place, _plane_file
+
+    planes = _stack(tmp_path / "cells.tif", n=3, size=16)
+    assert _plane_file("plate 1/cells.tif#z2") == "plate 1/cells_z2.tif" and _plane_file("a/b.png") == "a/b.png"
+    assert _place(plane_path(tmp_path / "cells.tif", 2), tmp_path / "out.tif", "copy") == "plane"
+    assert np.array_equal(tifffile.imread(tmp_path / "out.tif"), planes[2])
