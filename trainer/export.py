@@ -104,6 +104,9 @@ def _place(src: Path, dst: Path, mode: str) -> str:
 
         tifffile.imwrite(dst, read_raw(src))
         return "plane"
+    if src.is_dir():  # an OME-Zarr folder is one image
+        shutil.copytree(src, dst, symlinks=True)
+        return "copy"
     if mode == "symlink":
         dst.symlink_to(src.resolve())
         return "symlink"

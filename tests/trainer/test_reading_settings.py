@@ -172,3 +172,11 @@ def test_dataset_export_writes_a_plane_as_its_own_tiff(tmp_path):
     assert _plane_file("plate 1/cells.tif#z2") == "plate 1/cells_z2.tif" and _plane_file("a/b.png") == "a/b.png"
     assert _place(plane_path(tmp_path / "cells.tif", 2), tmp_path / "out.tif", "copy") == "plane"
     assert np.array_equal(tifffile.imread(tmp_path / "out.tif"), planes[2])
+
+
+def test_dataset_export_copies_an_ome_zarr_folder_whole(tmp_path):
+    from trainer.export import _place
+
+    z = _zarr_folder(tmp_path)
+    assert _place(z, tmp_path / "out.zarr", "copy") == "copy"
+    assert (tmp_path / "out.zarr" / "0" / "0" / "0").read_bytes() == b"\x00" * 16
