@@ -917,6 +917,8 @@ def project_reading(paths: Sequence, choices: Mapping | None = None, stored: Map
     re-running init on a grown folder does not move the embedding space. Raises ValueError."""
     old = as_preprocessing(dict(stored or {}, channels=channels))
     given = {k: v for k, v in (choices or {}).items() if k in READING_CHOICES and v is not None}
+    if "plane" in given and "stack" not in given:
+        given["stack"] = "plane"  # a plane number means: read that plane
     if "normalisation" in given and given["normalisation"] != old.normalisation:
         old = replace(old, normalisation="per-image", ranges=None, bit_depth=None)
     if "stack" in given and given["stack"] != old.stack:

@@ -97,6 +97,7 @@ def test_project_reading_computes_ranges_once_and_keeps_them(tmp_path):
     assert stack.stack == "planes" and stack.normalisation == "per-dataset" and stack.ranges != first.ranges
     bits = project_reading(pool, {"normalisation": "bit-depth"}, stored)
     assert bits.normalisation == "bit-depth" and bits.ranges is None and bits.bit_depth == 14
+    assert project_reading(pool, {"plane": 2}, stored).stack == "plane"  # a plane number alone means that plane
     assert reader_of({"preprocessing": stored, "channels": [0]}) == Preprocessing(**dict(first.to_dict(), channels=(0,)))
 
 
