@@ -381,6 +381,10 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
         cls = "big" if summary["enough"] else "big note"
         body.insert(2, f'<p id="headline" class="{cls}">Quality of model {html.escape(version)}: '
                     f"<b>{html.escape(summary['headline'])}</b></p>")  # first thing after the title
+        from trainer.images import reader_of  # what the model sees of a file (issue 13): set at init
+
+        summary["reading"] = reader_of(reg.read_json(version, "config.json") or {}).describe()
+        body.insert(3, f'<p id="reading">Images read as: {html.escape(summary["reading"])}</p>')
         reg.path(version)  # a clear error for an unknown version
         hist = reg.read_json(version, "history.json")
         with _tmpdir() as tmp:

@@ -181,3 +181,20 @@ def test_dataset_export_copies_an_ome_zarr_folder_whole(tmp_path):
     z = _zarr_folder(tmp_path)
     assert _place(z, tmp_path / "out.zarr", "copy") == "copy"
     assert (tmp_path / "out.zarr" / "0" / "0" / "0").read_bytes() == b"\x00" * 16
+
+
+@pytest.mark.slow
+def test_report_says_how_images_are_read(bccd, tmp_path):
+    from trainer.report import build_report
+    from trainer.training import TrainConfig, save_version, train
+    from trainer.workspace import Workspace
+
+    classes = ["Lymphocyte", "Neutrophil"]
+    paths = [p for c in classes for p in sorted((bccd / c).iterdir())[:4]]
+    ws = Workspace(tmp_path / "work")
+    ws.update_project(images_root=str(bccd), classes=classes)
+    cfg = TrainConfig(image_size=32, preprocessing=Preprocessing(normalisation="bit-depth", bit_depth=8).to_dict())
+    save_version(train(paths, [p.parent.name for p in paths], classes, cfg), cfg, ws.registry)
+    summary = build_report(ws, tmp_path / "r.html")
+    assert summary["reading"].endswith("fixed /255 (bit depth)")
+    assert "Images read as: maximum-intensity projection over Z" in (tmp_path / "r.html").read_text()
