@@ -198,6 +198,14 @@ def cmd_status(args) -> int:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished"]))
             print(f"  last {kind} refresh: {when}, {last.get('labels')} labels, {last.get('gate', last.get('note', ''))}, "
                   f"{last.get('seconds', {}).get('total')} s")
+    from trainer.embedding_jobs import embedding_progress
+
+    for chunks in sorted(ws.root.glob("embeddings/*/chunks")):
+        prog = embedding_progress(chunks)
+        if prog:
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(prog["started"])) if prog.get("started") else "?"
+            print(f"  embedding under way ({chunks.parent.name}): {prog['done']:,} of {prog['images']:,} images in "
+                  f"{prog['chunks']} finished chunk(s), since {since} (a crash keeps finished chunks)")
     if st.get("last_error"):
         e = st["last_error"]
         print(f"  last failure ({e['kind']}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['time']))}): {e['error']}")

@@ -45,6 +45,7 @@ CHUNK_SIZE = int(os.environ.get("SCOPELOOP_EMBED_CHUNK", "2048"))  # images per 
 CLAIM_TTL = int(os.environ.get("SCOPELOOP_EMBED_CLAIM_TTL", "120"))  # s; renewed every TTL/3 while computing
 JOB_FUNC = "trainer.embedding_jobs.embed_chunk_job"
 DEFAULT_FACTORY = "trainer.embedding_jobs:backbone_embedder"
+PROGRESS = "progress.json"  # in the chunk folder while a pass is under way
 
 
 def chunk_id(paths: Sequence[str]) -> str:
@@ -178,6 +179,27 @@ def backbone_embedder(backbone: str, weights: str, features: str, image_size: in
     return embed
 
 
+def embedding_progress(chunk_dir) -> dict | None:
+    """A pass under way (or cut short) in `chunk_dir`: ``{"images": n in the pass, "done": n in
+    finished chunks, "chunks": finished chunk files, "started": epoch s}``; None if none."""
+    chunk_dir = Path(chunk_dir)
+    try:
+        info = json.loads((chunk_dir / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+    done = files = 0
+    for f in chunk_dir.glob("*.npz"):
+        if f.name.startswith("."):
+            continue
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                done += len(z["paths"])
+            files += 1
+        except Exception:
+            continue
+    return {"images": int(info.get("images", 0)), "done": done, "chunks": files, "started": info.get("started")}
+
+
 # ---------------------------------------------------------------- the caller's side
 class ChunkedEmbedder:
     """`embed_fn` for `EmbeddingCache.update`: embeds paths in resumable, shareable chunks.
@@ -232,6 +254,11 @@ class ChunkedEmbedder:
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         chunks, finished = self.plan(paths)
         self.stats.update(chunks=len(chunks), found=len({finished[p] for p in paths if p in finished}))
+        if chunks:  # for `scopeloop status` (embedding_progress)
+            prog = self.chunk_dir / PROGRESS
+            tmp = prog.with_name(f".{PROGRESS}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"images": len(paths), "chunk_size": self.chunk_size, "started": time.time()}))
+            os.replace(tmp, prog)
         if chunks:
             self.log(f"embedding {sum(map(len, chunks))} images in {len(chunks)} chunk(s) of up to {self.chunk_size}"
                      + (f" ({self.stats['found']} chunk(s) already done)" if self.stats["found"] else "")

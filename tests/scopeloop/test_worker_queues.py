@@ -16,6 +16,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from redis import Redis
 from rq import Queue
@@ -151,14 +152,27 @@ def test_status_shows_waiting_and_running_per_queue(setup, monkeypatch, capsys):
     monkeypatch.setenv("SCOPELOOP_HOME", str(home))
     monkeypatch.setenv("REDIS_URL", url)
     monkeypatch.setattr(StubRefresher, "sleep_s", 8.0)
+    from trainer.embedding_jobs import ChunkedEmbedder, InferenceResult, SkipReport
+
+    def dies_after_one(paths, n=[0]):
+        n[0] += 1
+        if n[0] > 1:
+            raise RuntimeError("killed")
+        return InferenceResult(np.zeros((len(paths), 2), np.float32), None, np.arange(len(paths)), SkipReport())
+
+    with pytest.raises(RuntimeError):  # a pass cut short: 2 of 5 images in one finished chunk
+        ChunkedEmbedder(root / "embeddings" / "space-x" / "chunks", dies_after_one, chunk_size=2,
+                        log=lambda *_: None)([f"/i/{i}.png" for i in range(5)])
     quick = q.request(str(root), "quick", "test")
     deep = q.request(str(tmp / "other"), "deep", "test")
     w = _start(url, worker_queues("auto", gpu=False), "cpu-status", burst=False)
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and quick not in Queue(QUEUE_NAME, connection=redis).started_job_registry.get_job_ids():
+        while True:  # until the worker has taken the quick refresh and says it is busy
+            over = {o["role"]: o for o in q.overview()}
+            if (over["quick"]["running"] and over["quick"]["busy"]) or time.time() > deadline:
+                break
             time.sleep(0.2)
-        over = {o["role"]: o for o in q.overview()}
         assert over["quick"]["running"] == [quick] and over["quick"]["waiting"] == []
         assert over["quick"]["workers"] == 1 and over["quick"]["busy"] == 1
         assert over["gpu"]["waiting"] == [deep] and over["gpu"]["running"] == [] and over["gpu"]["workers"] == 0
@@ -168,6 +182,7 @@ def test_status_shows_waiting_and_running_per_queue(setup, monkeypatch, capsys):
         assert f"{QUEUE_NAME} (quick refreshes, any worker): 0 waiting, 1 running; 1 worker(s) listening, 1 busy" in out
         assert f"{GPU_QUEUE_NAME} (deep refreshes and embedding chunks, GPU workers): 1 waiting, 0 running" in out
         assert f"waiting: {deep}" in out and "no worker takes this queue" in out
+        assert "embedding under way (space-x): 2 of 5 images in 1 finished chunk(s)" in out
     finally:
         os.kill(w.pid, signal.SIGTERM)  # warm shutdown: the running stub finishes, then the worker exits
         w.join(30)

@@ -67,6 +67,10 @@ def test_crash_after_some_chunks_rerun_computes_only_the_missing_ones(tmp_path):
     with pytest.raises(RuntimeError, match="worker killed"):
         ChunkedEmbedder(tmp_path / "chunks", crashing, chunk_size=4, log=lambda *_: None)(PATHS)
     assert len(list((tmp_path / "chunks").glob("*.npz"))) == 2  # two finished chunks survive
+    from trainer.embedding_jobs import embedding_progress
+
+    prog = embedding_progress(tmp_path / "chunks")  # what `scopeloop status` shows
+    assert prog["images"] == len(PATHS) and prog["done"] == 8 and prog["chunks"] == 2
 
     again = Counting()
     ce = ChunkedEmbedder(tmp_path / "chunks", again, chunk_size=4, log=lambda *_: None)
