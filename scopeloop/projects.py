@@ -164,7 +164,7 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
                               project_id=before, served_root=link_dir / "images",
                               served_previews=link_dir / "previews", reader=reader)
         cfg = parse_config(client.get_project(report.project_id)["label_config"])
-        if verdicts is not None:  # tasks that existed before: verdicts that changed (or flagged ones from before QC)
+        if verdicts is not None and qc.get("stored"):  # tasks from before: changed verdicts, flagged ones from before QC
             qc["written"] = publish_verdicts(client, report.project_id, work, None, verdicts, log=lambda *_: None)["updated"]
         report.qc = qc
     except BaseException as exc:
@@ -199,13 +199,18 @@ def _quality_pass(work: Path, images: Path) -> tuple[dict | None, dict]:
 
     try:
         keys = [image_key(p, images) for p in list_images(images) if not p.is_relative_to(work)]
-        verdicts = project_qc(work, images, keys, None, log=lambda *_: None)
+        # a project whose last pass had embeddings (the worker's): judge the new images for their
+        # import without overwriting those verdicts (near duplicates, unusual) with pixel-only ones;
+        # the refresh that the new tasks start judges everything again and updates Label Studio
+        last = read_json(work / QC_DIR / "verdicts.json", {}) or {}
+        keep = bool(last.get("embeddings"))
+        verdicts = project_qc(work, images, keys, None, log=lambda *_: None, store=not keep)
     except Exception as exc:  # noqa: BLE001 - QC is advisory: the project is made all the same
         return None, {"error": f"{type(exc).__name__}: {exc}"}
     counts = {}
     for v in verdicts.values():
         counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
-    return verdicts, {"counts": counts, "csv": str(work / QC_DIR / "qc.csv")}
+    return verdicts, {"counts": counts, "csv": str(work / QC_DIR / "qc.csv"), "stored": not keep}
 
 
 def _ls_project_exists(client, pid) -> bool:

@@ -836,11 +836,14 @@ def load_verdicts(workdir) -> dict:
 
 
 def project_qc(workdir, images_root, keys: Sequence[str], embeddings: np.ndarray | None = None,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, store: bool = True) -> dict:
     """Verdicts of a project's images, kept in <workdir>/qc/ and re-judged only when the set of
-    images (or the settings) changed: stats.pkl (per-image measurements: each image is read once,
-    new images only), verdicts.json ({key: {verdict, reason}} + counts), qc.csv (every score).
-    `embeddings` rows match `keys` (the project's embedding cache)."""
+    images, the settings or the embeddings changed: stats.pkl (per-image measurements: each image
+    is read once, new images only), verdicts.json ({key: {verdict, reason}} + counts, and whether
+    embeddings judged them), qc.csv (every score). `embeddings` rows match `keys` (the project's
+    embedding cache). `store=False` returns verdicts without replacing verdicts.json / qc.csv
+    (measurements are still cached): `init` judging new images of a project whose last pass had
+    embeddings, which a pixel-only pass must not overwrite."""
     import os
     import pickle
 
@@ -871,11 +874,13 @@ def project_qc(workdir, images_root, keys: Sequence[str], embeddings: np.ndarray
     with open(tmp, "wb") as f:
         pickle.dump(cache, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, sfile)
-    write_csv(report.results, d / "qc.csv")
     verdicts = {r.key: {"verdict": r.verdict, "reason": r.reason} for r in report.results}
+    if not store:
+        return verdicts
+    write_csv(report.results, d / "qc.csv")
     data = {"signature": sig, "counts": report.counts(), "images": len(report.results),
             "bit_depth": report.bit_depth, "focus": report._focus_line(), "seconds": report.seconds,
-            "verdicts": verdicts}
+            "embeddings": embeddings is not None, "verdicts": verdicts}
     t = vfile.with_name("verdicts.json.part")
     t.write_text(json.dumps(data))
     os.replace(t, vfile)

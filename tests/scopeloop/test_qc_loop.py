@@ -36,7 +36,7 @@ def qc_project(settings, tmp_path):
     images = tmp_path / f"qc-{uuid.uuid4().hex[:8]}"
     shutil.copytree(QC, images, ignore=shutil.ignore_patterns("*.py"))
     ws, report = projects.init(settings, None, images, ["round", "long"], model={"image_size": 64})
-    return ws, report, LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    return ws, report, LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key), settings
 
 
 def _tasks(client, pid) -> dict:
@@ -57,7 +57,7 @@ def _live_order(client, pid) -> list[str]:
 def test_flagged_out_of_the_order_verdict_in_task_data_unusable_leaves_the_queue(qc_project):
     from scopeloop.refresh import Refresher
 
-    ws, report, client = qc_project
+    ws, report, client, settings = qc_project
     pid = report.project_id
     # ---- init judged every image; the verdict is in each task's data from the import on
     assert report.created == 21 and report.qc["counts"] == {"ok": 16, **{v: 1 for v in FLAGGED.values()}}
@@ -106,3 +106,17 @@ def test_flagged_out_of_the_order_verdict_in_task_data_unusable_leaves_the_queue
     assert ws.project["classes"] == ["round", "long"]
     nxt = client.next_task(pid)
     assert nxt is not None and nxt["data"]["key"] not in FLAGGED
+
+    # ---- a new image arrives (init again on the folder, as a lab adds images): judged before its
+    # import, the worker's verdicts (judged with embeddings) are not overwritten by init's
+    from trainer.quality import QC_DIR
+
+    images = Path(ws.project["images_root"])
+    shutil.copy(images / "blank_01.png", images / "zz_new_blank.png")
+    before = json.loads((ws.root / QC_DIR / "verdicts.json").read_text())
+    assert before["embeddings"] is True
+    _, again = projects.init(settings, None, images, None)
+    assert again.created == 1 and _tasks(client, pid)["zz_new_blank.png"]["data"]["qc"] == "blank"
+    assert json.loads((ws.root / QC_DIR / "verdicts.json").read_text())["signature"] == before["signature"]
+    out = r.run("quick")  # what TASKS_CREATED starts
+    assert "zz_new_blank.png" in _live_order(client, pid)[-3:]
