@@ -222,6 +222,7 @@ def run(args) -> dict:
             rows.append({"kind": kind, "labels": o["labels"], "pushed": o["pushed"], "head": o["push"],
                          "latency_s": round(latency, 2), "refresh_s": o["seconds"]["total"],
                          "sync_s": o["seconds"]["sync"], "push_s": o["push_seconds"],
+                         "rank_push_s": o["seconds"]["rank_push"], "qc_written": o.get("qc_written"),
                          "pruned": p["pruned"], "prune_s": round(t_prune, 2),
                          "ls_side_s": round(o["seconds"]["sync"] + o["push_seconds"] + t_prune, 2),
                          "predictions_in_ls": sum(client.model_versions(pid).values()), "db_mb": sizes[-1]})

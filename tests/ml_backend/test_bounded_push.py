@@ -12,6 +12,7 @@ pre-annotation from the backend's /predict.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -77,9 +78,12 @@ def test_refreshes_push_and_prune_the_head_only(ls_client, project_title, pool, 
 
     images, keys, emb, truth = pool
     home, backend_url = backend
-    monkeypatch.setattr(refresh, "PUSH_FLOOR", HEAD)
-    monkeypatch.setattr(refresh, "PUSH_CAP", 1000)
+    monkeypatch.setattr(refresh, "PUSH_FLOOR", HEAD, raising=False)
+    monkeypatch.setattr(refresh, "PUSH_CAP", 1000, raising=False)
     monkeypatch.setattr(Refresher, "_deep_finetune", lambda self, labels, pool_keys=None: None)
+    # image-quality verdicts of generated noise are not what this test is about: none are written
+    # to the tasks (each write is a ~0.2 s task update in Label Studio)
+    monkeypatch.setattr("ml_backend.qc_tasks.MAX_UPDATES", 0)
 
     pid = ls_client.create_project(project_title, build_config(CLASSES))
     ids = ls_client.import_tasks(pid, [{"image": local_files_url(str(images / k).lstrip("/")), "key": k}
@@ -101,9 +105,11 @@ def test_refreshes_push_and_prune_the_head_only(ls_client, project_title, pool, 
     kinds = ["quick", "deep", "quick", "deep", "quick"]
     opened = 0
     for step, kind in enumerate(kinds):
+        t0 = time.perf_counter()
         out = r.run(kind)
+        print(f"{kind}: {out['seconds']}, push {out.get('push_seconds')} s, wall {time.perf_counter() - t0:.1f} s")
         assert out["pushed"] == HEAD, (kind, out.get("push"))
-        assert out["push"]["head"] == HEAD
+        assert out.get("push", {}).get("head") == HEAD  # sized: floor (no labeling rate measured yet)
         # at most the new head and the previous one (plus tasks opened on demand) until the prune
         assert _total_predictions(ls_client, pid) <= 2 * HEAD + opened
         r.prune()
