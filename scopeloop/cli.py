@@ -166,6 +166,9 @@ def cmd_refresh(args) -> int:
     q = RefreshQueue(connect_redis(settings.redis_url))
     jid = q.request(str(ws.root), kind, "requested with scopeloop refresh")
     print(f"{kind} refresh queued: {jid}" if jid else f"a {kind} refresh is already pending for this project")
+    if kind == "deep" and not {o["role"]: o for o in q.overview()}["gpu"]["workers"]:
+        print("no worker takes deep refreshes now (queue scopeloop-gpu): it waits for a GPU worker "
+              "(sbatch scripts/slurm_worker.sh), or run a CPU worker with `scopeloop worker --queues all`")
     return 0
 
 

@@ -196,3 +196,18 @@ def test_worker_with_an_unknown_queue_says_which_names_exist(capsys):
     assert main(["worker", "--queues", "quick,deep"]) == 2
     err = capsys.readouterr().err
     assert "unknown queue deep" in err and "quick, gpu, low" in err and "Traceback" not in err
+
+
+def test_refresh_deep_says_when_no_worker_takes_it(setup, monkeypatch, capsys):
+    url, redis, q, tmp = setup
+    from scopeloop.cli import main
+
+    home = tmp / "home"
+    (home / "projects" / "p").mkdir(parents=True)
+    (home / "projects" / "p" / "project.json").write_text(json.dumps({"classes": ["A", "B"], "ls_project_id": 1}))
+    monkeypatch.setenv("SCOPELOOP_HOME", str(home))
+    monkeypatch.setenv("REDIS_URL", url)
+    assert main(["refresh", "--deep"]) == 0
+    out = capsys.readouterr().out
+    assert "deep refresh queued" in out and "no worker takes deep refreshes now" in out
+    assert Queue(GPU_QUEUE_NAME, connection=redis).count == 1
