@@ -140,4 +140,4 @@ def test_refreshes_push_and_prune_the_head_only(ls_client, project_title, pool, 
             opened += 1
         ls_client.create_annotation(nxt["id"], truth[nxt["data"]["key"]])
     assert _total_predictions(ls_client, pid) <= HEAD + opened
-    assert heads == [HEAD] * len(kinds)  # sized by the floor: labels made seconds apart measure no rate
+    assert heads == [HEAD] * len(kinds)  # rate x interval x margin stays under the floor here
