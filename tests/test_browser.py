@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from label_config import build_config
+from label_config import QC_NOTE_FIELD, UNUSABLE, build_config
 from ml_backend.labelstudio import LabelStudioClient, PredictionRow, local_files_url
 from tests.browser import (artifacts, chromium_page, login, save_artifacts,
                            skip_module_without_browser)
@@ -53,6 +53,8 @@ CLASSES = ["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 PLAN = [("Eosinophil", "Eosinophil", 2), ("Lymphocyte", "Neutrophil", 3),
         ("Monocyte", "Monocyte", 0), ("Neutrophil", "Lymphocyte", 1)]
 UI_TIMEOUT_MS = 60_000   # 2 shared cores: the Data Manager + editor bundle loads slowly
+# the image quality line above the image (issue 14): the priority-0 task is flagged, the others ok
+QC_NOTE = "Image quality check: out of focus (out_of_focus: defocus_px 3.1 >= 2)."
 
 
 @pytest.fixture
@@ -67,7 +69,8 @@ def project(label_studio):
         images = [sorted((BCCD / cls).glob("*.jpg"))[0] for cls, _, _ in PLAN]
         ids = client.import_tasks(pid, [{
             "image": local_files_url(p.relative_to(DOCUMENT_ROOT).as_posix()),
-            "key": p.relative_to(BCCD).as_posix(), "path": str(p)} for p in images])
+            "key": p.relative_to(BCCD).as_posix(), "path": str(p), "qc": "out_of_focus" if prio == 0 else "ok",
+            QC_NOTE_FIELD: QC_NOTE if prio == 0 else ""} for p, (_, _, prio) in zip(images, PLAN)])
         version = f"browser-test-{uuid.uuid4().hex[:6]}"
         report = client.push_predictions(pid, [
             PredictionRow(task_id=t, label=pred, confidence=0.9 - 0.1 * prio, priority=prio,
@@ -179,7 +182,8 @@ def _check_served(page, client, pid, tasks, task: dict, priority: int, what: str
                     and v.get("highlighted") == [label])
     assert isinstance(choices, dict) and choices.get("names"), (
         f"no Choices control found in the editor: {choices}")
-    assert sorted(choices["names"]) == sorted(CLASSES), f"unexpected choices: {choices['names']}"
+    # the classes, then the reserved answer "unusable image" (never a class)
+    assert sorted(choices["names"]) == sorted(CLASSES + [UNUSABLE]), f"unexpected choices: {choices['names']}"
     assert choices["checked"] == [label], (
         f"the predicted class {label!r} should be the one pre-selected choice of task {want}; "
         f"checked: {choices['checked']}")
@@ -198,6 +202,13 @@ def _check_served(page, client, pid, tasks, task: dict, priority: int, what: str
         f"found: {shown}")
     header = page.get_by_text("Model's suggestion (its class is pre-selected below")
     assert header.is_visible(), "the suggestion should be marked as the model's (its header is not visible)"
+
+    # 5. the image quality line: shown for the flagged image only
+    note = page.get_by_text(QC_NOTE)
+    if prio == 0:
+        assert note.is_visible(), f"the flagged task {want} should show its quality line {QC_NOTE!r} above the image"
+    else:
+        assert page.get_by_text("Image quality check").count() == 0, f"task {want} is ok: no quality line expected"
 
 
 def test_label_all_tasks_shows_top_task_with_prediction_and_image(label_studio, project):
