@@ -18,7 +18,8 @@ refresh's backbone fine-tune and re-embedding (GPU work) are replaced by a no-op
 in this process, as a worker runs them, so the queue's own latency (< 1 s) is not included.
 
 "label -> next task" is the time from an annotation's creation to Label Studio serving the new
-order's first pick (refresh + prune + /next). "LS-side seconds" is the time spent in Label
+order's first pick (refresh + /next; the prune of the superseded version runs after it, as the
+service's low-priority prune job does, and is timed on its own). "LS-side seconds" is the time spent in Label
 Studio calls of a refresh: label sync, predictions import + version switch, and the prune.
 Prints one JSON object (also written to --out) and a markdown table row.
 """
@@ -207,11 +208,11 @@ def run(args) -> dict:
             t_label = time.perf_counter()
             client.create_annotation(nxt["id"], truth[nxt["data"]["key"]])
             o = r.run(kind)
-            t_pruned = time.perf_counter()
-            p = r.prune()
-            t_prune = time.perf_counter() - t_pruned
-            nxt = client.next_task(pid)
+            nxt = client.next_task(pid)  # the new order is served once pushed; the prune comes after
             latency = time.perf_counter() - t_label
+            t_pruned = time.perf_counter()
+            p = r.prune()  # in the service: a low-priority job run when no refresh is waiting
+            t_prune = time.perf_counter() - t_pruned
             cache = ws.load_predictions(ws.status["serving_version"])
             if cache is not None:
                 ranks = np.asarray(cache["rank"])
