@@ -421,9 +421,11 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
             summary["sections"].append("learning-curve")
 
     # image quality (issue 14) --------------------------------------------------
-    qc_html, summary["image_quality"] = image_quality_section(workspace.root, images_root, tasks, unusable)
-    body.append(qc_html)
-    summary["sections"].append("image-quality")
+    qc_html, qc_summary = image_quality_section(workspace.root, images_root, tasks, unusable)
+    if qc_summary["images"] or qc_summary["unusable"]:  # a project from before QC: no empty section
+        body.append(qc_html)
+        summary["image_quality"] = qc_summary
+        summary["sections"].append("image-quality")
 
     # images to look at -------------------------------------------------------
     cam = None
