@@ -17,9 +17,11 @@ The Data Manager shows each as a column (`qc`, `qc_score`, `qc_note`) that can b
 "qc is not ok". New tasks get the fields inside the import (no extra request); a verdict that
 changes later (new images arrive, embeddings judge near duplicates and unusual images) is written
 with PATCH /api/tasks/{id}, which REPLACES the task's whole `data` (Label Studio 1.23.2, ~0.2 s
-per task): the current data is read first and only the three fields change. What was written is
-remembered in `<workdir>/qc/published.json`, so a refresh whose verdicts did not change costs
-nothing. Tasks imported before this existed and judged ok are left without the fields (writing
+per task): the current data is read first and only the three fields change. Only a change of
+VERDICT is written: `qc_score` keeps the score that decided the verdict when it was set (scores
+drift a little as the pool grows; re-writing every flagged task for that would cost 0.2 s each).
+What was written is remembered in `<workdir>/qc/published.json`, so a refresh whose verdicts did
+not change costs nothing. Tasks imported before this existed and judged ok are left without the fields (writing
 every one of them would cost 0.2 s per task); every flagged one gets them.
 """
 from __future__ import annotations
@@ -56,9 +58,11 @@ def task_fields(entry: dict | None) -> dict:
 
 
 def _same(data: dict, want: dict) -> bool:
-    if all(k not in data for k in FIELDS):  # a task from before QC: only flagged ones are written
+    """Whether the task already shows this verdict (a task from before QC, without the fields,
+    shows "ok": only flagged ones are written)."""
+    if all(k not in data for k in FIELDS):
         return want[QC_FIELD] in ("ok", "")
-    return all(data.get(k, "") == v for k, v in want.items())
+    return data.get(QC_FIELD, "") == want[QC_FIELD]
 
 
 def _record_path(workdir) -> Path:
@@ -122,7 +126,7 @@ def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = N
         log(f"image quality verdicts not written to Label Studio this time: {type(exc).__name__}: {exc}")
         return out
     want = {k: task_fields(verdicts.get(k)) for k in task_ids if k in verdicts}
-    todo = [k for k, f in want.items() if record.get(k) != [f[QC_FIELD], f[QC_SCORE_FIELD]]]
+    todo = [k for k, f in want.items() if record.get(k) != f[QC_FIELD]]
     out["changed"] = len(todo)
     if not todo:
         return out
@@ -138,13 +142,13 @@ def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = N
                     continue  # not recorded: written next time
                 update_task_data(client, tid, dict(data, **f))
                 out["updated"] += 1
-            record[k] = [f[QC_FIELD], f[QC_SCORE_FIELD]]
+            record[k] = f[QC_FIELD]
     except Exception as exc:  # noqa: BLE001 - never block a refresh or an init on this
         log(f"image quality verdicts not written to Label Studio this time: {type(exc).__name__}: {exc}")
     _save_record(workdir, project_id, record)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     if out["updated"]:
-        left = sum(1 for k in todo if record.get(k) != [want[k][QC_FIELD], want[k][QC_SCORE_FIELD]])
+        left = sum(1 for k in todo if record.get(k) != want[k][QC_FIELD])
         log(f"image quality: verdicts of {out['updated']} task(s) written to Label Studio in {out['seconds']} s"
             + (f"; {left} more at the next refresh" if left else ""))
     return out
