@@ -107,6 +107,10 @@ class LabelStudioServer:
             "FRONTEND_SENTRY_DSN": "",
             "LATEST_VERSION_CHECK": "false",
             "COLLECT_ANALYTICS": "false",
+            # LS 1.23.2 feature flag: a predictions import recounts only the tasks it touched; the
+            # default path recounts (and rewrites) every task of the project, so pushing 300
+            # predictions to a 100,000-task project would cost a pass over all of them
+            "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short": "true",
         })
         return env
 
