@@ -177,7 +177,9 @@ class Refresher:
 
         t0 = time.time()
         pid = self.ws.project["ls_project_id"]
-        task_ids = self.task_ids(pid, refresh=kind == "deep")
+        # the cached key -> task map, re-listed when the task count moved (every kind: listing
+        # 100,000 tasks costs Label Studio a minute); a push that names a vanished task re-lists
+        task_ids = self.task_ids(pid)
         snapshot = sync_labels(self.client, self.ws, full=(kind == "deep") if full_sync is None else full_sync)
         labels = {k: v for k, v in labels_by_key(snapshot).items() if v in self.classes and k in task_ids}
         t_sync = time.time()
@@ -210,7 +212,14 @@ class Refresher:
         # issue 14: image quality verdicts that changed (new images, embeddings) shown in Label Studio
         outcome["qc_written"] = publish_verdicts(self.client, pid, self.ws.root, task_ids, log=self.log)["updated"]
         sizing = head_size(len(order), labeling_rate(snapshot), refresh_interval(self.ws.root / "refresh_history.jsonl"))
-        pushed = self._push(keys, task_ids, probs, order, order[:sizing["head"]], version)
+        from ml_backend.labelstudio import LabelStudioError
+
+        try:
+            pushed = self._push(keys, task_ids, probs, order, order[:sizing["head"]], version)
+        except LabelStudioError as exc:  # e.g. a task deleted and another added: the same count
+            self.log(f"push failed ({type(exc).__name__}: {str(exc)[:200]}); re-listing the tasks and pushing again")
+            task_ids = self.task_ids(pid, refresh=True)
+            pushed = self._push(keys, task_ids, probs, order, order[:sizing["head"]], version)
         outcome.update(pushed)
         outcome["push"] = sizing
         outcome["seconds"] = {"sync": round(t_sync - t0, 2), "embed": round(t_embed - t_sync, 2),
@@ -517,6 +526,8 @@ class Refresher:
         ls_version = f"scopeloop-v{version or '000'}-{n:05d}"
         rows = []
         for pos, r in enumerate(push_order):
+            if keys[r] not in task_ids:
+                continue  # its task was deleted in Label Studio since the images were listed
             if probs is not None:
                 k = int(np.argmax(probs[r]))
                 rows.append(PredictionRow(task_ids[keys[r]], self.classes[k], float(probs[r, k]), pos,
