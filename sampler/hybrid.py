@@ -2,8 +2,9 @@
 
 1. No model yet, or fewer labels than `cold_start_labels` (default 2 per class, at least 10):
    TypiClust cold start (`sampler.coldstart`).
-2. A share of the batch (`rare_frac`, 10%) goes to the classes with the fewest labels
-   (`sampler.balance`).
+2. Up to a share of the batch (`rare_frac`, 20%) goes to the classes that are short of labels
+   (fewer than `deficit`, half, of the mean per class; `sampler.balance`): macro-F1 weighs
+   every class alike; on a balanced pool these slots go to step 3.
 3. The rest: the `beta` x budget most uncertain images (margin), but at most `cand_frac` (30%)
    of the unlabeled images, are pre-selected, clustered into as many groups as picks are left
    with uncertainty-weighted k-means, and the image nearest each group centre is taken
@@ -13,14 +14,16 @@
 4. Late rounds (`late_frac`: 70% of the pool labeled): the remaining images are few and mostly
    easy, so spreading picks over them only dilutes the uncertainty signal: plain margin.
 Tuned on bccd_wbc + the synthetic set, 5 seeds each (docs/benchmarks.md, "Sampler: label
-efficiency"); `rare_frac`, `beta`, `cand_frac`, `late_frac`, `pick`, `cold_start_labels` are
+efficiency"); `rare_frac` and `deficit` re-tuned for the multiscale learner (0.1 for every
+class -> 0.2 for short classes only: bccd 20 seeds, synthetic 20, pbc_blood 5; "Learning
+engine"); `rare_frac`, `deficit`, `beta`, `cand_frac`, `late_frac`, `pick`, `cold_start_labels` are
 `select(...)` options.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .balance import rare_class_quota
+from .balance import DEFICIT, rare_class_quota
 from .coldstart import typiclust
 from .diversity import kmeans, representatives
 from .pool import Pool
@@ -28,7 +31,7 @@ from .space import Space
 from .uncertainty import margin, top2
 
 BETA = 10
-RARE_FRAC = 0.1   # share of the batch for the classes with the fewest labels (was 0.25)
+RARE_FRAC = 0.2   # share of the batch for the classes with the fewest labels (0.25, then 0.1 for the old learner)
 LATE_FRAC = 0.7   # once this share of the pool is labeled: uncertainty only, no diversity step
 CAND_FRAC = 0.3   # the pre-selection never takes more than this share of the unlabeled images
 PICK = "centre"    # per group: "centre" (image nearest the group centre) or "margin" (most uncertain)
@@ -59,7 +62,8 @@ def hybrid(pool: Pool):
     taken = np.zeros(len(unl), bool)
     out = []
     # 2. rare classes
-    quota = rare_class_quota(p, pool.labeled, pool.budget, float(pool.opt("rare_frac", RARE_FRAC)))
+    quota = rare_class_quota(p, pool.labeled, pool.budget, float(pool.opt("rare_frac", RARE_FRAC)),
+                             float(pool.opt("deficit", DEFICIT)))
     for cls, q in sorted(quota.items()):
         pc = np.where(taken, -np.inf, pu[:, cls])
         for j in _top(pc, q):

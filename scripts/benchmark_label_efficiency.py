@@ -221,13 +221,21 @@ def recipe_fit(name, n_classes, seed):
     return lambda X, y, Xu: fit_head(X, y, n_classes, seed=seed)
 
 
+def parse_strategy(spec):
+    """"hybrid" -> ("hybrid", {}); "hybrid:rare_frac=0.1:deficit=inf" -> ("hybrid", {...}): a
+    strategy with some of its `sampler.select` options changed (an old default against the new)."""
+    name, *kv = spec.split(":")
+    return name, {k: float(v) for k, v in (item.split("=", 1) for item in kv)}
+
+
 def run_curve(x, y, fit, strategy, seed, batch, max_labels, eval_classes, xt, yt, class_names):
+    strategy, options = parse_strategy(strategy)
     mask = np.zeros(len(x), bool)
     probs, points = None, []
     rnd = 0
     while mask.sum() < min(max_labels, len(x)):
         picks = sampler.select(x, probs, mask, min(batch, max_labels - int(mask.sum())), strategy=strategy,
-                               seed=seed * 1000 + rnd, class_names=class_names)
+                               seed=seed * 1000 + rnd, class_names=class_names, **options)
         rows = [p.row for p in picks]
         assert len(rows) and not mask[rows].any() and len(set(rows)) == len(rows)
         mask[rows] = True
@@ -311,7 +319,9 @@ def main():
     ap.add_argument("--recipes", default=f"head,{DEFAULT_RECIPE}",
                     help="retraining recipes (the first is the reference, normally 'head'): " +
                          "; ".join(f"{k} = {v[1]}" for k, v in RECIPES.items()))
-    ap.add_argument("--strategies", default="random,hybrid", help=f"of {', '.join(sampler.STRATEGIES)}")
+    ap.add_argument("--strategies", default="random,hybrid",
+                    help=f"of {', '.join(sampler.STRATEGIES)}; name:option=value[:...] runs a strategy with "
+                         "changed options, e.g. hybrid:rare_frac=0.1:deficit=inf (the sampler before issue 15)")
     args = ap.parse_args()
     if args.make_synthetic:
         print(f"wrote {make_synthetic(args.make_synthetic)}")
@@ -334,6 +344,9 @@ def main():
     if unknown:
         ap.error(f"unknown recipe(s) {unknown}: choose from {', '.join(RECIPES)}")
     strategies = args.strategies.split(",")
+    bad = [x for x in strategies if parse_strategy(x)[0] not in sampler.STRATEGIES]
+    if bad:
+        ap.error(f"unknown strategy {bad}: choose from {', '.join(sampler.STRATEGIES)}")
     if "random" not in strategies:
         strategies.insert(0, "random")
     notes_small: set[int] = set()

@@ -39,12 +39,16 @@ def test_benchmark_runs_end_to_end_tiny(tmp_path):
     assert [p["labels"] for p in report["curves"]["multiscale/hybrid"][0]] == [4, 8]
     assert report["class_counts"]["Basophil"] == 3
     # rerun uses the embedding cache (both embeddings from one pass); the self-training recipe runs too
-    res = subprocess.run(cmd + ["--recipes", "head,multiscale+self", "--strategies", "random,hybrid"],
+    old = "hybrid:rare_frac=0.1:deficit=inf"  # a strategy with changed options (the sampler before)
+    res = subprocess.run(cmd + ["--recipes", "head,multiscale+self", "--strategies", f"random,hybrid,{old}"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "embedded" not in res.stdout, res.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     assert "multiscale+self" in report["recipes"]
     assert [p["labels"] for p in report["curves"]["multiscale+self/hybrid"][1]] == [4, 8]
+    assert "product_ratio_95" in report["headline"][f"multiscale+self/{old}"]
+    res = subprocess.run(cmd + ["--strategies", "random,hybrid:nosuch=1,bogus"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown strategy ['bogus']" in res.stderr
 
 
 def _bench_module():

@@ -156,6 +156,27 @@ def test_rare_class_not_starved():
     assert any("rare class" in pk.reason for pk in picks)
 
 
+def test_rare_class_slots_only_while_a_class_is_short():
+    """Balanced labels: every slot goes to uncertain, varied images (a quota would buy easy
+    ones); once one class falls short (below half the mean per class), it gets the slots."""
+    from sampler.balance import rare_class_quota
+
+    x, p, y = blobs(n_per=40, k=4, d=16, seed=5)
+    p = np.full((len(y), 4), 0.02, np.float32)
+    p[np.arange(len(y)), y] = 0.94
+    lab = np.zeros(len(y), bool)
+    for c in range(4):
+        lab[np.flatnonzero(y == c)[:6]] = True
+    assert rare_class_quota(p, lab, 20, 0.2) == {}
+    picks = select(x, p, lab, 20, strategy="hybrid")
+    assert not any("rare class" in pk.reason for pk in picks)
+    lab[np.flatnonzero(y == 3)[1:6]] = False  # class 3: 1 label against a mean of 4.75
+    assert rare_class_quota(p, lab, 20, 0.2) == {3: 2}  # 1 + 2 slots pass half the mean (2.4)
+    assert rare_class_quota(p, lab, 20, 0.2, deficit=np.inf) == {3: 4}  # the rule before
+    picks = select(x, p, lab, 20, strategy="hybrid")
+    assert [y[pk.row] for pk in picks if "rare class" in pk.reason] == [3, 3]
+
+
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_deterministic_for_a_seed(strategy):
     x, p, _ = blobs()
