@@ -62,7 +62,7 @@ from werkzeug.exceptions import HTTPException
 
 from redis import Redis
 
-from ml_backend.predictor import UNTRAINED, Predictor, check_label_config, live_model_version
+from ml_backend.predictor import UNTRAINED, Predictor, check_label_config, empty_prediction, live_model_version
 from ml_backend.projects import ProjectIndex, parse_project_id
 from ml_backend.queue import QUEUE_NAME, RefreshQueue
 
@@ -365,8 +365,7 @@ def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
         outcome = backend.predictor(ws).predict(good, body.get("label_config"))
         if len(good) < len(tasks):   # one bad task never fails the batch: its own empty item
             it = iter(outcome.results)
-            empty = {"result": [], "score": 0.0, "model_version": outcome.model_version}
-            outcome.results = [dict(empty) if b else next(it) for b in bad]
+            outcome.results = [empty_prediction(outcome.model_version) if b else next(it) for b in bad]
             outcome.errors = [b for b in bad if b] + outcome.errors
             outcome.counts["empty"] = outcome.counts.get("empty", 0) + len(tasks) - len(good)
         outcome.errors = [e if len(e) <= 300 else e[:300] + "..." for e in outcome.errors]

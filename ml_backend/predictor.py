@@ -22,7 +22,8 @@ prediction looks alike whichever way it reached Label Studio):
   the predictions pushed to LS; LS re-predicts tasks whose prediction version differs).
 
 Nothing here fails the whole request for one bad task: an unknown key, a vanished or
-unreadable image gives that task an empty result (`[]`, score 0) and a line in `errors`.
+unreadable image gives that task an empty result (`[]`, score 1: label last, so a task
+opened outside the pushed head never jumps the sampler's order) and a line in `errors`.
 No model yet (cold start) gives every task an empty result, not an error. A labeling config
 whose choices lack one of the model's classes gives every task an empty result and an error
 saying so: never a label the config does not offer.
@@ -176,6 +177,12 @@ class PredictOutcome:
         return out
 
 
+def empty_prediction(model_version: str) -> dict:
+    """A task's answer when there is nothing to suggest (no model yet, unreadable image, bad
+    task): no result, score 1 = last in Label Studio's order (the pushed order's scores are < 1)."""
+    return {"result": [], "score": 1.0, "model_version": model_version}
+
+
 class Predictor:
     """Serves one project's predictions; keep one per workspace for the process's life."""
 
@@ -246,7 +253,7 @@ class Predictor:
     def predict(self, tasks: Sequence[dict], label_config: str | None = None) -> PredictOutcome:
         mv = live_model_version(self.ws)
         out = PredictOutcome([], mv)
-        empty = {"result": [], "score": 0.0, "model_version": mv}
+        empty = empty_prediction(mv)
 
         def all_empty(error: str | None = None) -> PredictOutcome:
             out.results = [dict(empty) for _ in tasks]

@@ -184,7 +184,7 @@ def test_predict_one_result_per_task_in_order(client, project):
         assert choice(res[i]) == CLASSES[int(probs[i].argmax())]
         assert set(res[i]) == {"result", "score", "model_version"}
         assert set(res[i]["result"][0]) >= {"from_name", "to_name", "type", "value", "score"}
-    assert res[-2] == {"result": [], "score": 0.0, "model_version": "untrained"}   # vanished image
+    assert res[-2] == {"result": [], "score": 1.0, "model_version": "untrained"}   # vanished image
     assert res[-1]["result"] == []                                                  # no key
     assert body["counts"] == {"cached": N_CACHED, "computed": len(keys) - N_CACHED - 1, "empty": 2}
     assert any(keys[-1] in e for e in body["errors"])
@@ -236,7 +236,7 @@ def test_predict_cold_start(make_app, project, tmp_path):
     r = c.post("/predict", json=predict_body([task(1, project["keys"][0], project=8),
                                               task(2, project["keys"][1], project=8)], pid=8))
     assert r.status_code == 200
-    assert r.get_json()["results"] == [{"result": [], "score": 0.0, "model_version": "untrained"}] * 2
+    assert r.get_json()["results"] == [{"result": [], "score": 1.0, "model_version": "untrained"}] * 2
     assert c.post("/setup", json=setup_body(pid=8)).get_json() == {"model_version": "untrained"}
 
 

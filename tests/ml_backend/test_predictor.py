@@ -171,7 +171,9 @@ def test_cold_start_gives_one_empty_result_per_task(tmp_path):
     ws = Workspace(tmp_path / "ws")
     ws.update_project(images_root=str(tmp_path), ls_project_id=1)
     out = Predictor(ws).predict([task(1, "a.png"), task(2, "b.png")], lite_config())
-    assert out.results == [{"result": [], "score": 0.0, "model_version": "untrained"}] * 2
+    # score 1 = last in Label Studio's order: a task opened before the first model (it gets
+    # this empty prediction) must not jump ahead of the pushed cold-start order (scores < 1)
+    assert out.results == [{"result": [], "score": 1.0, "model_version": "untrained"}] * 2
     assert out.errors == []
 
 
@@ -196,7 +198,7 @@ def test_bad_tasks_get_empty_results_others_still_predicted(project):
     assert len(out.results) == len(tasks)
     empty = [i for i, r in enumerate(out.results) if not r["result"]]
     assert empty == [1, 2, 4, 5, 6]
-    assert all(out.results[i]["score"] == 0.0 for i in empty)
+    assert all(out.results[i]["score"] == 1.0 for i in empty)
     assert choice(out.results[3]) == CLASSES[int(np.argmax(project["probs"][N_CACHED]))]
     text = " | ".join(out.errors)
     assert "file not found" in text and gone in text
