@@ -177,10 +177,14 @@ def cmd_status(args) -> int:
 
     settings, ws = _workspace(args)
     p, st, reg = ws.project, ws.status, ws.registry
-    labels = [t for t in ws.labels.get("tasks", {}).values() if t.get("label")]
+    from ml_backend.sync import labels_by_key, unusable_keys
+
+    labels, unusable = labels_by_key(ws.labels), unusable_keys(ws.labels)
     n_images = st.get("last_quick", {}).get("images") or p.get("n_tasks")
+    done = len(labels) + len(unusable)
     print(f"project {ws.root.name}  (Label Studio project {p.get('ls_project_id')}, {settings.label_studio_url})")
-    print(f"  images: {n_images or '?'}   labeled: {len(labels)}   unlabeled: {(n_images - len(labels)) if n_images else '?'}")
+    print(f"  images: {n_images or '?'}   labeled: {len(labels)}   answered unusable: {len(unusable)}   "
+          f"unlabeled: {(n_images - done) if n_images else '?'}")
     cur = reg.current()
     if cur:
         from trainer.estimate import from_metrics, headline

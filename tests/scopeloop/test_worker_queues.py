@@ -148,7 +148,10 @@ def test_status_shows_waiting_and_running_per_queue(setup, monkeypatch, capsys):
     home = tmp / "home"
     root = home / "projects" / "p"
     root.mkdir(parents=True)
-    (root / "project.json").write_text(json.dumps({"classes": ["A", "B"], "ls_project_id": 1}))
+    (root / "project.json").write_text(json.dumps({"classes": ["A", "B"], "ls_project_id": 1, "n_tasks": 10}))
+    (root / "labels.json").write_text(json.dumps({"cursor": None, "tasks": {  # 2 labels, 1 "unusable image" answer
+        "1": {"key": "a.png", "label": "A"}, "2": {"key": "b.png", "label": "B"},
+        "3": {"key": "c.png", "label": "Unusable image"}, "4": {"key": "d.png", "label": None}}}))
     monkeypatch.setenv("SCOPELOOP_HOME", str(home))
     monkeypatch.setenv("REDIS_URL", url)
     monkeypatch.setattr(StubRefresher, "sleep_s", 8.0)
@@ -178,6 +181,7 @@ def test_status_shows_waiting_and_running_per_queue(setup, monkeypatch, capsys):
         assert over["gpu"]["waiting"] == [deep] and over["gpu"]["running"] == [] and over["gpu"]["workers"] == 0
         assert main(["status"]) == 0
         out = capsys.readouterr().out
+        assert "images: 10   labeled: 2   answered unusable: 1   unlabeled: 7" in out  # "unusable" is no label
         assert f"job running: {quick} ({QUEUE_NAME})" in out
         assert f"{QUEUE_NAME} (quick refreshes, any worker): 0 waiting, 1 running; 1 worker(s) listening, 1 busy" in out
         assert f"{GPU_QUEUE_NAME} (deep refreshes and embedding chunks, GPU workers): 1 waiting, 0 running" in out
