@@ -307,6 +307,11 @@ class LabelStudioClient:
         except (httpx.TransportError, ApiError) as e:  # later pages are fetched lazily
             raise self._translate(f"list tasks of project {project_id}", e) from e
 
+    def update_task_data(self, task_id: int, data: dict) -> None:
+        """PATCH /api/tasks/{id} with the task's complete new `data` (Label Studio replaces the
+        whole dict: read the task first and change only what you mean to)."""
+        self._http("PATCH", f"/api/tasks/{int(task_id)}", f"update the data of task {task_id}", json={"data": data})
+
     def task_keys(self, project_id: int) -> dict[str, int]:
         """Image key -> task id for every task (re-init matches images by key)."""
         return {t["data"]["key"]: t["id"]

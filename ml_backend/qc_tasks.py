@@ -86,11 +86,6 @@ def _save_record(workdir, project_id: int, fields: dict) -> None:
     os.replace(tmp, p)
 
 
-def update_task_data(client, task_id: int, data: dict) -> None:
-    """PATCH /api/tasks/{id} with the task's complete new `data` (it replaces the old one)."""
-    client._http("PATCH", f"/api/tasks/{int(task_id)}", f"update the data of task {task_id}", json={"data": data})
-
-
 def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = None, verdicts: dict | None = None,
                      log: Callable[[str], None] = print, max_updates: int | None = None) -> dict:
     """Write changed verdicts into the tasks' data; returns {"changed", "updated", "seconds"}.
@@ -140,7 +135,7 @@ def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = N
             if not _same(data, f):
                 if out["updated"] >= limit:
                     continue  # not recorded: written next time
-                update_task_data(client, tid, dict(data, **f))
+                client.update_task_data(tid, dict(data, **f))
                 out["updated"] += 1
             record[k] = f[QC_FIELD]
     except Exception as exc:  # noqa: BLE001 - never block a refresh or an init on this

@@ -3,7 +3,7 @@ from ml_backend.qc_tasks import publish_verdicts, task_fields
 
 
 class FakeLS:
-    """list_tasks + PATCH /api/tasks/{id}, as LabelStudioClient answers them (PATCH replaces data)."""
+    """list_tasks + update_task_data, as LabelStudioClient answers them (PATCH replaces data)."""
 
     def __init__(self, tasks: dict):
         self.tasks, self.patches, self.fail = tasks, [], False
@@ -13,10 +13,8 @@ class FakeLS:
             raise RuntimeError("Label Studio is unreachable")
         return [{"id": i, "data": dict(d)} for i, d in self.tasks.items()]
 
-    def _http(self, method, path, what, json=None):
-        assert method == "PATCH" and path.startswith("/api/tasks/")
-        tid = int(path.rsplit("/", 1)[1])
-        self.tasks[tid] = json["data"]
+    def update_task_data(self, tid, data):
+        self.tasks[tid] = data
         self.patches.append(tid)
 
 
