@@ -26,13 +26,13 @@ every one of them would cost 0.2 s per task); every flagged one gets them.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Callable
 
 from label_config import QC_NOTE_FIELD, UNUSABLE
+from trainer.workspace import read_json, write_json_atomic
 
 QC_FIELD = "qc"
 QC_SCORE_FIELD = "qc_score"
@@ -70,20 +70,15 @@ def _record_path(workdir) -> Path:
 
 
 def _load_record(workdir, project_id: int) -> dict:
-    p = _record_path(workdir)
     try:
-        rec = json.loads(p.read_text())
+        rec = read_json(_record_path(workdir), {})
     except (OSError, ValueError):
         return {}
     return rec.get("fields", {}) if isinstance(rec, dict) and rec.get("project_id") == project_id else {}
 
 
 def _save_record(workdir, project_id: int, fields: dict) -> None:
-    p = _record_path(workdir)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(PUBLISHED + ".part")
-    tmp.write_text(json.dumps({"project_id": project_id, "fields": fields}))
-    os.replace(tmp, p)
+    write_json_atomic(_record_path(workdir), {"project_id": project_id, "fields": fields})
 
 
 def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = None, verdicts: dict | None = None,

@@ -40,6 +40,7 @@ import numpy as np
 
 from trainer.images import SkipReport
 from trainer.inference import InferenceResult
+from trainer.workspace import write_json_atomic
 
 CHUNK_SIZE = int(os.environ.get("SCOPELOOP_EMBED_CHUNK", "2048"))  # images per chunk (multiple of 64)
 CLAIM_TTL = int(os.environ.get("SCOPELOOP_EMBED_CLAIM_TTL", "120"))  # s; renewed every TTL/3 while computing
@@ -254,12 +255,9 @@ class ChunkedEmbedder:
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         chunks, finished = self.plan(paths)
         self.stats.update(chunks=len(chunks), found=len({finished[p] for p in paths if p in finished}))
-        if chunks:  # for `scopeloop status` (embedding_progress)
-            prog = self.chunk_dir / PROGRESS
-            tmp = prog.with_name(f".{PROGRESS}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"images": len(paths), "chunk_size": self.chunk_size, "started": time.time()}))
-            os.replace(tmp, prog)
-        if chunks:
+        if chunks:  # progress for `scopeloop status` (embedding_progress)
+            write_json_atomic(self.chunk_dir / PROGRESS,
+                              {"images": len(paths), "chunk_size": self.chunk_size, "started": time.time()})
             self.log(f"embedding {sum(map(len, chunks))} images in {len(chunks)} chunk(s) of up to {self.chunk_size}"
                      + (f" ({self.stats['found']} chunk(s) already done)" if self.stats["found"] else "")
                      + (" shared with other workers" if self.queue is not None and len(chunks) > 1 else ""))
