@@ -39,6 +39,7 @@ IMPORT_CHUNK = 5000              # tasks per import request (LS limit: 250k, 200
 # Predictions per request: as large as is safe, because LS 1.23.2 recounts the counters of
 # EVERY task of the project after each predictions import request (~4 s per 10k tasks).
 PREDICTION_CHUNK = 50000
+TASK_ID_CHUNK = 500               # task ids per listing request with selectedItems (the query travels in the URL)
 
 
 class LabelStudioError(RuntimeError):
@@ -281,15 +282,27 @@ class LabelStudioClient:
 
     def list_tasks(self, project_id: int, *, annotated: bool | None = None,
                    completed_since: datetime | None = None, fields: str = "all",
-                   include: str | None = None, page_size: int = 1000) -> Iterator[dict]:
+                   include: str | None = None, page_size: int = 1000,
+                   task_ids: Iterable[int] | None = None) -> Iterator[dict]:
         """Tasks as dicts (`fields="all"` includes annotations and predictions).
 
         `annotated=True` keeps tasks with at least one submitted annotation (LS ignores
         `only_annotated`, hence the Data Manager filter). `completed_since` keeps tasks whose
         latest annotation was created after it (incremental sync; edits of older annotations
         are only seen by a full read). `include="id,data"` is ~10x faster for big projects
-        (but turns annotations into id-only stubs).
+        (but turns annotations into id-only stubs). `task_ids`: only these tasks (the Data
+        Manager's selectedItems; sent in chunks of TASK_ID_CHUNK, so a few reads stay a few
+        requests however large the project is).
         """
+        if task_ids is not None:
+            ids = [int(i) for i in task_ids]
+            for i in range(0, len(ids), TASK_ID_CHUNK):
+                yield from self._list_tasks(project_id, annotated, completed_since, fields, include, page_size,
+                                            {"all": False, "included": ids[i:i + TASK_ID_CHUNK]})
+            return
+        yield from self._list_tasks(project_id, annotated, completed_since, fields, include, page_size, None)
+
+    def _list_tasks(self, project_id, annotated, completed_since, fields, include, page_size, selected):
         items = []
         if annotated is not None:
             items.append({"filter": "filter:tasks:total_annotations", "operator":
@@ -298,6 +311,8 @@ class LabelStudioClient:
             items.append({"filter": "filter:tasks:completed_at", "operator": "greater",
                           "type": "Datetime", "value": _ls_datetime(completed_since)})
         query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]}
+        if selected is not None:
+            query["selectedItems"] = selected
         pager = self._call(f"list tasks of project {project_id}", self.sdk.tasks.list,
                            project=project_id, fields=fields, include=include,
                            page_size=page_size, query=json.dumps(query))

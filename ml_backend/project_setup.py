@@ -40,6 +40,7 @@ class InitReport:
     labels_skipped: list[dict] = field(default_factory=list)  # {"key", "reason"}
     previews: int = 0           # PNG previews written
     qc: dict | None = None      # image quality: {"counts": {verdict: n}, "csv": path} or {"error": ...}
+    task_ids: dict[str, int] = field(default_factory=dict)  # image key -> task id, every task (no re-listing)
 
     def summary(self) -> str:
         s = (f"project {self.project_id}: {self.created} task(s) created, {self.existing} already "
@@ -110,7 +111,7 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
 
     existing = client.task_keys(pid)
     stale = _previews_stale(previews, reader)
-    new_tasks = []
+    new_tasks, new_keys = [], []
     from tqdm.auto import tqdm  # a progress bar on a terminal: 100,000 images take minutes
 
     for path in tqdm(expand_planes((p for p in list_images(root) if not p.is_relative_to(previews)), reader),
@@ -142,8 +143,12 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
             task = {"data": task, "annotations": [{"result": [_choice(cfg, label)]}]}
             report.labels_imported += 1
         new_tasks.append(task)
+        new_keys.append(key)
+    report.task_ids = dict(existing)
     if new_tasks:
-        report.created = len(client.import_tasks(pid, new_tasks))
+        ids = client.import_tasks(pid, new_tasks)  # in input order
+        report.created = len(ids)
+        report.task_ids.update(zip(new_keys, ids))
     (previews / PREVIEW_STAMP).write_text(reader.tag() or "default")
 
     # labels for tasks that existed before this run and have no annotation yet

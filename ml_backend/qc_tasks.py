@@ -40,6 +40,7 @@ FIELDS = (QC_FIELD, QC_SCORE_FIELD, QC_NOTE_FIELD)
 PUBLISHED = "published.json"  # under <workdir>/qc/
 # PATCHes per call: a refresh is never held up for long; the rest follow at the next refresh
 MAX_UPDATES = int(os.environ.get("SCOPELOOP_QC_MAX_UPDATES", "300"))
+READ_CHUNK = 200  # tasks read per request (by id) before their verdicts are written
 
 _WORDS = {"blank": "no object in the field", "out_of_focus": "out of focus", "saturated": "saturated exposure",
           "too_dark": "too dark", "duplicate": "a duplicate", "unusual": "unlike the rest of the images"}
@@ -85,11 +86,17 @@ def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = N
                      log: Callable[[str], None] = print, max_updates: int | None = None) -> dict:
     """Write changed verdicts into the tasks' data; returns {"changed", "updated", "seconds"}.
 
-    task_ids: image key -> task id (every task of the project; None: read from Label Studio
-    with the tasks' data, one listing either way); verdicts: key -> {"verdict",
-    "reason"} (default: the project's last quality pass, trainer.quality.load_verdicts).
+    task_ids: image key -> task id (every task of the project; None: read from Label Studio,
+    only when some verdict changed); verdicts: key -> {"verdict", "reason"} (default: the
+    project's last quality pass, trainer.quality.load_verdicts).
     At most `max_updates` tasks are written per call (default MAX_UPDATES); the rest are written
     by the next call. A Label Studio error is logged, never raised: QC is advisory.
+
+    Label Studio work is bounded by what changed, not by the pool: only the tasks whose verdict
+    differs from the record are read (by id, a few per request) and written. A task with no
+    record and an "ok" verdict is recorded without reading it: it shows "ok" either way (imported
+    with the fields, or from before QC and so without them); every task `init` imports is
+    recorded by `record_imported`.
     """
     from trainer.quality import load_verdicts
 
@@ -102,43 +109,63 @@ def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = N
         return out
     limit = MAX_UPDATES if max_updates is None else max_updates
     record = _load_record(workdir, project_id)
-    data_of = None
-
-    def listing() -> dict:
-        return {t["id"]: t.get("data") or {} for t in
-                client.list_tasks(project_id, fields="task_only", include="id,data", page_size=5000)}
-
-    try:
-        if task_ids is None:
-            data_of = listing()
-            task_ids = {d["key"]: tid for tid, d in data_of.items() if d.get("key")}
-    except Exception as exc:  # noqa: BLE001
-        log(f"image quality verdicts not written to Label Studio this time: {type(exc).__name__}: {exc}")
-        return out
-    want = {k: task_fields(verdicts.get(k)) for k in task_ids if k in verdicts}
-    todo = [k for k, f in want.items() if record.get(k) != f[QC_FIELD]]
+    before = dict(record)
+    want, todo = {}, []
+    for k, v in verdicts.items():
+        if task_ids is not None and k not in task_ids:
+            continue
+        f = task_fields(v)
+        if record.get(k) == f[QC_FIELD]:
+            continue
+        if k not in record and f[QC_FIELD] in ("ok", ""):
+            record[k] = f[QC_FIELD]  # shows ok: with the fields, or without them (from before QC)
+            continue
+        want[k] = f
+        todo.append(k)
     out["changed"] = len(todo)
     if not todo:
+        if record != before:
+            _save_record(workdir, project_id, record)
         return out
     try:
-        data_of = listing() if data_of is None else data_of
-        for k in todo:
-            tid, f = task_ids[k], want[k]
-            data = data_of.get(tid)
-            if data is None:
-                continue  # deleted meanwhile
-            if not _same(data, f):
-                if out["updated"] >= limit:
-                    continue  # not recorded: written next time
-                client.update_task_data(tid, dict(data, **f))
-                out["updated"] += 1
-            record[k] = f[QC_FIELD]
+        if todo and task_ids is None:
+            task_ids = client.task_keys(project_id)  # one listing, only when there is something to write
+        todo = [k for k in todo if k in task_ids]
+        for i in range(0, len(todo), READ_CHUNK):
+            if out["updated"] >= limit:
+                break  # not recorded: written next time
+            chunk = todo[i:i + READ_CHUNK]
+            data_of = {t["id"]: t.get("data") or {} for t in
+                       client.list_tasks(project_id, fields="task_only", include="id,data",
+                                         task_ids=[task_ids[k] for k in chunk], page_size=READ_CHUNK)}
+            for k in chunk:
+                tid, f = task_ids[k], want[k]
+                data = data_of.get(tid)
+                if data is None:
+                    continue  # deleted meanwhile
+                if not _same(data, f):
+                    if out["updated"] >= limit:
+                        continue  # not recorded: written next time
+                    client.update_task_data(tid, dict(data, **f))
+                    out["updated"] += 1
+                record[k] = f[QC_FIELD]
     except Exception as exc:  # noqa: BLE001 - never block a refresh or an init on this
         log(f"image quality verdicts not written to Label Studio this time: {type(exc).__name__}: {exc}")
-    _save_record(workdir, project_id, record)
+    if record != before:
+        _save_record(workdir, project_id, record)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     if out["updated"]:
         left = sum(1 for k in todo if record.get(k) != want[k][QC_FIELD])
         log(f"image quality: verdicts of {out['updated']} task(s) written to Label Studio in {out['seconds']} s"
             + (f"; {left} more at the next refresh" if left else ""))
     return out
+
+
+def record_imported(workdir, project_id: int, fields_of: dict) -> None:
+    """Remember the verdicts that new tasks carried in their import ({key: task_fields(...)}),
+    so the next publish_verdicts neither reads nor writes them."""
+    if not fields_of:
+        return
+    record = _load_record(workdir, project_id)
+    record.update({k: f.get(QC_FIELD, "") for k, f in fields_of.items()})
+    _save_record(workdir, project_id, record)

@@ -24,8 +24,8 @@ from pathlib import Path
 from label_config import parse_config
 from ml_backend.labelstudio import LabelStudioClient, LabelStudioError
 from ml_backend.project_setup import init_project
-from ml_backend.qc_tasks import publish_verdicts, task_fields
-from trainer.workspace import Workspace, read_json
+from ml_backend.qc_tasks import publish_verdicts, record_imported, task_fields
+from trainer.workspace import Workspace, read_json, write_json_atomic
 
 DEFAULT_MODEL = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "image_size": 224, "channels": None}
 
@@ -158,14 +158,29 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
                 before = existing
         label_config = None if created_pid else client.get_project(before)["label_config"]
         verdicts, qc = _quality_pass(work, images)  # issue 14: every image judged before it reaches the queue
+        shown: dict = {}  # key -> the verdict fields a new task carries in its import
+
+        def task_data(key):
+            shown[key] = task_fields(verdicts.get(key))
+            return shown[key]
+
         report = init_project(client, images, classes, labels=labels, backend_url=backend_url, label_config=label_config,
                               document_root=docroot, previews_dir=work / "previews", title=ls_title(name),
-                              task_data=(lambda key: task_fields(verdicts.get(key))) if verdicts is not None else None,
+                              task_data=task_data if verdicts is not None else None,
                               project_id=before, served_root=link_dir / "images",
                               served_previews=link_dir / "previews", reader=reader)
-        cfg = parse_config(client.get_project(report.project_id)["label_config"])
-        if verdicts is not None and qc.get("stored"):  # tasks from before: changed verdicts, flagged ones from before QC
-            qc["written"] = publish_verdicts(client, report.project_id, work, None, verdicts, log=lambda *_: None)["updated"]
+        project = client.get_project(report.project_id)
+        cfg = parse_config(project["label_config"])
+        # the refresh's key -> task map, from the import itself: the first refresh lists no task
+        # (listing 100,000 tasks costs Label Studio minutes; scopeloop.refresh.Refresher.task_ids)
+        write_json_atomic(work / "tasks.json", {"count": int(project.get("task_number") or 0), "tasks": report.task_ids})
+        if verdicts is not None:
+            # new tasks carry their verdict: recorded, not read back; tasks from before: changed
+            # verdicts and flagged ones from before QC, read by id (ml_backend.qc_tasks)
+            record_imported(work, report.project_id, {k: f for k, f in shown.items() if k in report.task_ids})
+            if qc.get("stored"):
+                qc["written"] = publish_verdicts(client, report.project_id, work, report.task_ids, verdicts,
+                                                 log=lambda *_: None)["updated"]
         report.qc = qc
     except BaseException as exc:
         if created_pid is not None:

@@ -209,8 +209,10 @@ class Refresher:
         outcome["unusable"] = len(gone)
 
         order = self._rank(emb, probs, labeled, keys)
+        t_rank = time.time()
         # issue 14: image quality verdicts that changed (new images, embeddings) shown in Label Studio
         outcome["qc_written"] = publish_verdicts(self.client, pid, self.ws.root, task_ids, log=self.log)["updated"]
+        t_qc = time.time()
         sizing = head_size(len(order), labeling_rate(snapshot), refresh_interval(self.ws.root / "refresh_history.jsonl"))
         from ml_backend.labelstudio import LabelStudioError
 
@@ -224,6 +226,7 @@ class Refresher:
         outcome["push"] = sizing
         outcome["seconds"] = {"sync": round(t_sync - t0, 2), "embed": round(t_embed - t_sync, 2),
                               "train": round(t_train - t_embed, 2), "rank_push": round(time.time() - t_train, 2),
+                              "rank": round(t_rank - t_train, 2), "qc_publish": round(t_qc - t_rank, 2),
                               "total": round(time.time() - t0, 2)}
         outcome["finished"] = time.time()
         self.ws.update_status(**{f"last_{kind}": outcome})

@@ -188,7 +188,7 @@ def run(args) -> dict:
         r = Refresher(ws, client, log=lambda *_: None)
         ws.embeddings(r.space()[0])._save(keys, emb)  # precomputed: nothing to embed
         r._deep_finetune = lambda labels, pool_keys=None: None  # GPU work: skipped (this refresher only)
-        task_of = r.task_ids(pid, refresh=True)
+        task_of = r.task_ids(pid)  # the map init wrote from its import (no listing)
         out["db_mb_after_init"] = db_size_mb()
 
         t = time.perf_counter()
@@ -196,8 +196,10 @@ def run(args) -> dict:
         r.prune()
         out["first_order_s"] = round(time.perf_counter() - t, 1)
         out["first_order_pushed"] = first["pushed"]
+        out["first_order_parts_s"] = dict(first["seconds"], prune=round(out["first_order_s"] - first["seconds"]["total"], 2))
         print(json.dumps({k: out.get(k) for k in ("make_images_s", "ls_start_s", "init_s", "db_mb_after_init",
-                                                  "first_order_s", "first_order_pushed")}), file=sys.stderr, flush=True)
+                                                  "first_order_s", "first_order_pushed", "first_order_parts_s")}),
+              file=sys.stderr, flush=True)
         for c in CLASSES:  # starter labels
             for k in [k for k in keys if truth[k] == c][:2]:
                 client.create_annotation(task_of[k], c)
@@ -225,7 +227,9 @@ def run(args) -> dict:
             rows.append({"kind": kind, "labels": o["labels"], "pushed": o["pushed"], "head": o["push"],
                          "latency_s": round(latency, 2), "refresh_s": o["seconds"]["total"],
                          "sync_s": o["seconds"]["sync"], "push_s": o["push_seconds"],
-                         "rank_push_s": o["seconds"]["rank_push"], "qc_written": o.get("qc_written"),
+                         "rank_push_s": o["seconds"]["rank_push"], "rank_s": o["seconds"].get("rank"),
+                         "embed_s": o["seconds"]["embed"], "train_s": o["seconds"]["train"],
+                         "qc_written": o.get("qc_written"),
                          "pruned": p["pruned"], "prune_s": round(t_prune, 2),
                          "ls_side_s": round(o["seconds"]["sync"] + o["push_seconds"] + t_prune, 2),
                          "predictions_in_ls": sum(client.model_versions(pid).values()), "db_mb": sizes[-1]})
@@ -283,6 +287,12 @@ def run(args) -> dict:
                               "ml_backend": vm_hwm_mb(backend.proc.pid) if getattr(backend, "proc", None) else None,
                               "label_studio": tree_hwm_mb(ls.proc.pid) if ls.proc else None}
         out["push_settings"] = {"floor": refresh.PUSH_FLOOR, "cap": refresh.PUSH_CAP, "margin": refresh.PUSH_MARGIN}
+        if args.postgres:  # where the database's size is (issue 16: flat across refreshes?)
+            out["db_tables_mb"] = {
+                name: round(int(size) / 2**20, 1) for name, size in
+                (line.split("|") for line in psql(
+                    "select relname, pg_total_relation_size(relid) from pg_catalog.pg_statio_user_tables "
+                    "order by 2 desc limit 10", db=out["postgres_database"]).splitlines() if "|" in line)}
         out["total_s"] = round(time.perf_counter() - t_all, 1)
         return out
     finally:

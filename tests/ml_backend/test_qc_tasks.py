@@ -6,12 +6,18 @@ class FakeLS:
     """list_tasks + update_task_data, as LabelStudioClient answers them (PATCH replaces data)."""
 
     def __init__(self, tasks: dict):
-        self.tasks, self.patches, self.fail = tasks, [], False
+        self.tasks, self.patches, self.fail, self.read = tasks, [], False, []
 
-    def list_tasks(self, pid, **kw):
+    def list_tasks(self, pid, task_ids=None, **kw):
         if self.fail:
             raise RuntimeError("Label Studio is unreachable")
-        return [{"id": i, "data": dict(d)} for i, d in self.tasks.items()]
+        ids = list(self.tasks) if task_ids is None else [i for i in task_ids if i in self.tasks]
+        self.read.extend(ids)
+        return [{"id": i, "data": dict(self.tasks[i])} for i in ids]
+
+    def task_keys(self, pid):  # a listing of every task (keys and ids)
+        self.read.extend(self.tasks)
+        return {d["key"]: i for i, d in self.tasks.items()}
 
     def update_task_data(self, tid, data):
         self.tasks[tid] = data
@@ -49,3 +55,27 @@ def test_only_changed_verdicts_are_written(tmp_path):
     ls.fail = True
     assert publish_verdicts(ls, 7, tmp_path, ids, v, log=logs.append)["updated"] == 0
     assert "not written to Label Studio this time: RuntimeError" in logs[-1]
+
+
+def test_label_studio_work_is_bounded_by_what_changed_not_by_the_pool(tmp_path):
+    """10,000 tasks, 3 verdicts change: 3 tasks are read (by id) and written, never the whole
+    project; tasks imported with their verdict (record_imported) are neither read nor written."""
+    from ml_backend.qc_tasks import record_imported
+
+    n = 10_000
+    keys = [f"img_{i:05d}.png" for i in range(n)]
+    v = {k: {"verdict": "ok", "reason": ""} for k in keys}
+    v[keys[5]] = {"verdict": "blank", "reason": "structure 0 < 0.004"}
+    ls = FakeLS({i: {"image": f"u{i}", "key": k, **task_fields(v[k])} for i, k in enumerate(keys)})
+    record_imported(tmp_path, 7, {k: task_fields(v[k]) for k in keys})  # what init imported
+    ids = {k: i for i, k in enumerate(keys)}
+    assert publish_verdicts(ls, 7, tmp_path, ids, v, log=lambda *_: None)["changed"] == 0 and ls.read == []
+    for i in (10, 20, 30):  # the first refresh with embeddings: three near duplicates
+        v[keys[i]] = {"verdict": "duplicate", "reason": f"pixel_match with {keys[i - 1]}"}
+    out = publish_verdicts(ls, 7, tmp_path, ids, v, log=lambda *_: None)
+    assert out["updated"] == 3 and sorted(ls.patches) == [10, 20, 30] and sorted(ls.read) == [10, 20, 30]
+    # without a task map (init of an existing project): one key listing, still only 3 read by id
+    ls.read.clear()
+    v[keys[40]] = {"verdict": "unusual", "reason": "unusual_z 7 >= 6"}
+    assert publish_verdicts(ls, 7, tmp_path, None, v, log=lambda *_: None)["updated"] == 1
+    assert len(ls.read) == n + 1 and ls.read[-1] == 40

@@ -81,9 +81,20 @@ def test_flagged_out_of_the_order_verdict_in_task_data_unusable_leaves_the_queue
     assert f'value="${QC_NOTE_FIELD}"' in config and f'value="{UNUSABLE}"' in config
     assert ws.project["classes"] == ["round", "long"]
 
+    # ---- the refresh's task map and the record of what each task shows come from the import
+    # itself: neither init nor the first refresh lists the project's tasks (minutes at 100,000)
+    cached = json.loads((ws.root / "tasks.json").read_text())
+    assert cached == {"count": 21, "tasks": {k: t["id"] for k, t in tasks.items()}}
+    published = json.loads((ws.root / "qc" / "published.json").read_text())
+    assert published == {"project_id": pid, "fields": {k: FLAGGED.get(k, "ok") for k in tasks}}
+
     # ---- the first refresh (cold start): flagged images come after every ok image
     r = Refresher(ws, client, log=lambda *_: None)
+    listed = []
+    client.task_keys = lambda project_id: listed.append(project_id) or type(client).task_keys(client, project_id)
     out = r.run("quick")
+    del client.task_keys
+    assert listed == []
     order = _live_order(client, pid)
     assert len(order) == 21 and set(order[-5:]) == set(FLAGGED), order
     assert out["unusable"] == 0

@@ -145,6 +145,29 @@ def test_near_duplicate_and_unusual_from_embeddings(tmp_path):
     assert all(x.verdict == "ok" for x in others), [(x.key, x.reason) for x in others if x.verdict != "ok"]
 
 
+def test_embedding_scores_approximate_above_the_threshold_same_neighbours():
+    """Every image asks for its neighbours: exact search is n^2 (minutes at 100,000 images), so a
+    large pool gets an IVF index; the planted near duplicate and the far image are still found."""
+    rng = np.random.default_rng(1)
+    n, d = 3000, 32
+    centers = rng.normal(size=(20, d))
+    emb = (centers[np.arange(n) % 20] + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
+    emb[7] = emb[3] + 0.01 * rng.normal(size=d)  # a near duplicate of image 3
+    emb[11] = 30 * rng.normal(size=d)  # far from everything
+    keys = [f"k{i}" for i in range(n)]
+    exact = q.embedding_scores(emb, keys, approx_threshold=10 * n)
+    approx = q.embedding_scores(emb, keys, approx_threshold=1000)
+    assert exact["index"] == "flat" and approx["index"] == "ivf"
+    for es in (exact, approx):
+        assert es["rows"][7, 0] == 3 and es["sims"][7, 0] > 0.99 and 7 not in es["rows"][7]
+        assert es["unusual_z"][11] > 6 and np.nanargmax(es["unusual_z"]) == 11
+    same = (approx["rows"] == exact["rows"]).all(1).mean()
+    assert same > 0.9, same  # recall of the approximate search
+    ok = approx["rows"] >= 0
+    assert np.allclose(approx["sims"][ok & (approx["rows"] == exact["rows"])],
+                       exact["sims"][ok & (approx["rows"] == exact["rows"])], atol=1e-5)
+
+
 def test_pixel_match_sees_mirror_shift_not_other_cells():
     a = np.asarray(Image.open(QC / "ok_00.png")).astype(np.float32).mean(-1)
     t = q.thumbnail(a)
@@ -285,6 +308,26 @@ def test_project_qc_measures_only_new_images(tmp_path):
     shutil.copy(QC / "blank_01.png", imgs / "new_blank.png")  # TASKS_CREATED: one new image
     v = q.project_qc(work, imgs, keys + ["new_blank.png"], log=logs.append)
     assert "1 new image(s) measured" in logs[-1] and v["new_blank.png"]["verdict"] == "blank"
+
+
+def test_project_qc_rewrites_the_measurements_only_when_new_images_were_measured(tmp_path):
+    """stats.pkl holds ~10 KB an image (1 GB at 100,000): a pass that measured nothing new (new
+    embeddings after a deep refresh, the first refresh's embedding verdicts) leaves it alone."""
+    imgs, work = tmp_path / "imgs", tmp_path / "work"
+    imgs.mkdir()
+    for p in sorted(QC.glob("ok_*.png"))[:10]:
+        shutil.copy(p, imgs / p.name)
+    keys = sorted(p.name for p in imgs.iterdir())
+    q.project_qc(work, imgs, keys, log=lambda *_: None)
+    stats = work / q.QC_DIR / "stats.pkl"
+    before = stats.stat().st_ino
+    emb = np.random.default_rng(0).normal(size=(len(keys), 16)).astype(np.float32)
+    q.project_qc(work, imgs, keys, emb, log=lambda *_: None)  # judged again (embeddings), nothing new to read
+    assert json.loads((work / q.QC_DIR / "verdicts.json").read_text())["embeddings"] is True
+    assert stats.stat().st_ino == before
+    shutil.copy(QC / "blank_01.png", imgs / "new_blank.png")
+    q.project_qc(work, imgs, keys + ["new_blank.png"], log=lambda *_: None)
+    assert stats.stat().st_ino != before
 
 
 def test_failing_quality_pass_never_blocks_the_order(tmp_path):
