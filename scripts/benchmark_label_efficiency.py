@@ -124,9 +124,10 @@ def make_synthetic(root, seed=0, size=96):
     return root
 
 
-def embed_dataset(root, out, backbone, image_size, channels=None):
-    """Both embeddings of every image (cached: <out>/embeddings.npz, raw pooled blocks of the two
-    orientations): ({"final": (N, D), "multiscale": (N, D')}, labels, keys, classes, skipped)."""
+def embed_dataset(root, out, backbone, image_size, channels=None, weights="imagenet"):
+    """Both embeddings of every image (cached: <out>/embeddings.npz, or embeddings-<file stem>.npz
+    for a weights file; raw pooled blocks of the two orientations):
+    ({"final": (N, D), "multiscale": (N, D')}, labels, keys, classes, skipped)."""
     from trainer.backbone import create_backbone
     from trainer.features import combine
     from trainer.images import image_key, scan_imagefolder
@@ -135,14 +136,14 @@ def embed_dataset(root, out, backbone, image_size, channels=None):
     items, classes = scan_imagefolder(root)
     keys = [image_key(p, root) for p, _ in items]
     labels = np.array([classes.index(c) for _, c in items], np.int64)
-    cache = Path(out) / "embeddings.npz"
-    meta = f"{backbone}|{image_size}|{channels}|parts-v1"
+    cache = Path(out) / ("embeddings.npz" if weights == "imagenet" else f"embeddings-{Path(weights).stem}.npz")
+    meta = f"{backbone}|{image_size}|{channels}|parts-v1" + ("" if weights == "imagenet" else f"|{weights}")
     z = np.load(cache, allow_pickle=False) if cache.is_file() else None
     if z is None or str(z["meta"]) != meta or list(z["all_keys"]) != keys:
         t0 = time.time()
         import torch
 
-        emb, pre, _ = create_backbone(backbone, "imagenet", "multiscale")
+        emb, pre, _ = create_backbone(backbone, weights, "multiscale")
 
         class RawParts(torch.nn.Module):  # one pass -> every pooled block of both orientations
             num_features = 2 * emb.num_features
@@ -206,6 +207,8 @@ RECIPES = {
                       "the frozen backbone's pre-logits embedding"),
     "multiscale": ("multiscale", "the same head on the multiscale embedding (trainer.features: last two stages + "
                                  "pre-logits, two orientations)"),
+    "ssl": ("ssl", "the multiscale head on the embedding of a self-supervised adapted backbone (--ssl-weights FILE, "
+                   "made by scripts/benchmark_ssl.py: trainer.ssl on the whole set, no labels)"),
     "multiscale+self": ("multiscale", "multiscale, plus one round of class-balanced self-training on the pool "
                                       "(fit_head X_unlabeled: trainer.head.pseudo_labels)"),
 }
@@ -314,6 +317,7 @@ def main():
     ap.add_argument("--channels", default=None, help="e.g. 0,1,2: image channels fed to the backbone")
     ap.add_argument("--batch", type=int, default=None, help="labels per round (B; default 2%% of the pool, at least 4)")
     ap.add_argument("--max-labels", type=int, default=None, help="stop at this many labels (default: whole pool)")
+    ap.add_argument("--ssl-weights", default=None, help="backbone file for the 'ssl' recipe (scripts/benchmark_ssl.py)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--test-frac", type=float, default=0.3)
     ap.add_argument("--recipes", default=f"head,{DEFAULT_RECIPE}",
@@ -337,6 +341,13 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     channels = [int(c) for c in args.channels.split(",")] if args.channels else None
     spaces, y, keys, classes, skipped = embed_dataset(data, out, args.backbone, args.image_size, channels)
+    if "ssl" in args.recipes.split(","):
+        if not args.ssl_weights:
+            ap.error("the 'ssl' recipe needs --ssl-weights FILE (an adapted backbone from scripts/benchmark_ssl.py)")
+        adapted, y_ssl, keys_ssl, _, _ = embed_dataset(data, out, args.backbone, args.image_size, channels, args.ssl_weights)
+        if keys_ssl != keys:
+            ap.error("the adapted backbone read a different set of images than the ImageNet one")
+        spaces["ssl"] = adapted["multiscale"]
     n_classes = len(classes)
     counts = {classes[c]: int(n) for c, n in enumerate(np.bincount(y, minlength=n_classes))}
     recipes = args.recipes.split(",")

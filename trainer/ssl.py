@@ -111,9 +111,10 @@ class SSLResult:
 
 
 def adapt(backbone: nn.Module, paths: Sequence, image_size: int, mean, std, reader=None,
-          config: SSLConfig | None = None, log=print) -> SSLResult:
+          config: SSLConfig | None = None, log=print, on_epoch=None) -> SSLResult:
     """Contrastive self-supervised training of `backbone` (any module with `num_features`,
     e.g. `trainer.backbone.create_backbone(...)[0]`) on the images at `paths`.
+    `on_epoch(entry, backbone)`, if given, is called after each epoch (checkpoints, progress).
 
     Unreadable images are skipped. Returns the trained backbone (same object) with the loss
     per epoch; raises MissingExtraError without `lightly`, ValueError with fewer than 2 images.
@@ -153,13 +154,15 @@ def adapt(backbone: nn.Module, paths: Sequence, image_size: int, mean, std, read
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            if not math.isfinite(loss.item()):
+            if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"self-supervised loss became {float(loss)} at epoch {epoch}")
-            total += float(loss) * len(a)
+            total += float(loss.detach()) * len(a)
             n += len(a)
         seen += n
         history.append({"epoch": epoch, "loss": total / max(n, 1), "images": n, "seconds": round(time.time() - t0, 2)})
         log(f"self-supervised epoch {epoch}/{cfg.epochs}: NT-Xent loss {history[-1]['loss']:.3f} on {n} images")
+        if on_epoch is not None:
+            on_epoch(history[-1], backbone)
     backbone.eval()
     return SSLResult(backbone, history, 2 * seen / max(time.time() - t_all, 1e-9))
 

@@ -1,10 +1,12 @@
 """The label-efficiency benchmark runs end to end on the dev set at a tiny size."""
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +97,38 @@ def test_synthetic_blur_matches_the_usual_gaussian():
     assert np.allclose(ring, ring[0], rtol=1e-5)  # isotropic
     expected = np.exp(-0.5 * 9 / 1.5 ** 2) / (2 * np.pi * 1.5 ** 2)
     assert abs(ring[0] - expected) / expected < 0.02
+
+
+@pytest.mark.skipif(not DEV.is_dir(), reason="dev data set not present")
+def test_ssl_recipe_runs_on_a_backbone_adapted_by_the_ssl_benchmark(tmp_path):
+    # scripts/benchmark_ssl.py adapts the backbone without labels (CPU, tiny) and writes it;
+    # the label-efficiency benchmark's `ssl` recipe embeds the set with that file, beside `head`
+    pytest.importorskip("lightly")
+    sub = tmp_path / "data"
+    for cls in sorted(p for p in DEV.iterdir() if p.is_dir()):
+        (sub / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:4]:
+            shutil.copy(f, sub / cls.name / f.name)
+    ssl_out = tmp_path / "ssl"
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_ssl.py"), "--data", str(sub),
+                          "--image-size", "64", "--epochs", "1", "--speed-batches", "", "--out", str(ssl_out)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "SCOPELOOP_LOADER_WORKERS": "0"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    adapted = ssl_out / "data-ssl-e1.pt"
+    summary = json.loads((ssl_out / "ssl_gpu.json").read_text())["sets"]["data"]
+    assert summary["images"] == 19 and len(summary["ssl"]["history"]) == 1 and summary["embed_images_per_s"] > 0
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_label_efficiency.py"), "--data", str(sub),
+           "--out", str(out), "--batch", "4", "--max-labels", "8", "--seeds", "1", "--strategies", "random",
+           "--image-size", "64", "--recipes", "head,ssl"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "--ssl-weights" in res.stderr  # the recipe says what it needs
+    res = subprocess.run(cmd + ["--ssl-weights", str(adapted)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["ceilings"]) == {"head", "ssl"} and (out / "embeddings-data-ssl-e1.npz").is_file()
+    assert [p["labels"] for p in report["curves"]["ssl/random"][0]] == [4, 8]
+    # the adapted space is not the ImageNet one
+    a = np.load(out / "embeddings.npz")["raw"]
+    b = np.load(out / "embeddings-data-ssl-e1.npz")["raw"]
+    assert a.shape == b.shape and not np.allclose(a, b, atol=1e-3)
