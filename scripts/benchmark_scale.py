@@ -315,6 +315,73 @@ def run(args) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def run_sampler_only(args) -> dict:
+    """What fits at 1,000,000 images on 2 CPUs without Label Studio: synthetic clustered
+    embeddings (n x dim float32), the refresh's ranking on them (sampler cold start, then with a
+    head's probabilities, and the uncertainty order of the rest), the persistent FAISS index
+    (sampler.index: IVF above 200,000) and, with --qc-scores, the quality pass's neighbour search."""
+    import sampler
+    from sampler.index import EmbeddingIndex
+    from trainer.head import fit_head
+
+    out: dict = {"images": args.images, "dim": args.dim, "mode": "sampler-only",
+                 "skipped": ["Label Studio, init, push and prune (see the full mode)", "images (embeddings only)"],
+                 "command": "scripts/benchmark_scale.py " + " ".join(sys.argv[1:])}
+    t_all = time.perf_counter()
+    rng = np.random.default_rng(0)
+    n, d = args.images, args.dim
+    t = time.perf_counter()
+    centers = rng.normal(0, 1, (len(CLASSES), d)).astype(np.float32)
+    emb = np.empty((n, d), np.float32)
+    for s0 in range(0, n, 50_000):  # in chunks: no float64 copy of the whole matrix
+        s1 = min(n, s0 + 50_000)
+        emb[s0:s1] = centers[np.arange(s0, s1) % len(CLASSES)] * 0.6 + rng.standard_normal((s1 - s0, d), np.float32)
+    keys = [f"{CLASSES[i % len(CLASSES)]}/cell_{i:07d}.png" for i in range(n)]
+    out["make_embeddings_s"] = round(time.perf_counter() - t, 1)
+    labeled = np.zeros(n, bool)
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        res = fn()
+        out[name] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
+        return res
+
+    from scopeloop.refresh import RANK_BUDGET
+
+    picks = timed("sampler_cold_start_s", lambda: sampler.select(emb, None, labeled, RANK_BUDGET, strategy="hybrid",
+                                                                 keys=keys, class_names=CLASSES))
+    lab = [p.row for p in picks][:20]
+    labeled[lab] = True
+    y = np.arange(len(lab)) % len(CLASSES)
+    head = timed("head_fit_s", lambda: fit_head(emb[lab], y, len(CLASSES), seed=0))
+    probs = timed("predict_all_s", lambda: head.predict_proba(emb))
+    picks = timed("sampler_with_model_s", lambda: sampler.select(emb, probs, labeled, RANK_BUDGET, strategy="hybrid",
+                                                                 keys=keys, class_names=CLASSES))
+
+    def rest_order():
+        chosen = np.zeros(n, bool)
+        chosen[[p.row for p in picks]] = True
+        rest = np.flatnonzero(~labeled & ~chosen)
+        pr = np.sort(probs[rest], 1)
+        return rest[np.argsort(pr[:, -1] - pr[:, -2], kind="stable")]
+
+    timed("order_rest_s", rest_order)
+    idx = timed("index_build_s", lambda: EmbeddingIndex.build(emb, keys, backbone="synthetic"))
+    out["index_kind"] = idx.kind
+    q = emb[rng.choice(n, 1000, replace=False)]
+    timed("index_search_1000x10_s", lambda: idx.search(q, 10))
+    del idx
+    if args.qc_scores:
+        from trainer.quality import embedding_scores
+
+        es = timed("qc_embedding_scores_s", lambda: embedding_scores(emb, keys))
+        out["qc_index"] = es["index"]
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["total_s"] = round(time.perf_counter() - t_all, 1)
+    return out
+
+
 def markdown_row(o: dict) -> str:
     return (f"| {o['images']:,} | {o['database']} | {o['init_s']} | {o['first_order_s']} | "
             f"{o['quick_latency_p50_s']} / {o['quick_latency_p95_s']} | {o['ls_side_quick_max_s']} | "
@@ -337,6 +404,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workdir", default=None, help="where the temporary folder goes (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder and database")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--sampler-only", action="store_true",
+                    help="no Label Studio: ranking, FAISS index (and --qc-scores) on synthetic embeddings (1,000,000)")
+    ap.add_argument("--qc-scores", action="store_true", help="with --sampler-only: the quality pass's neighbour search")
     return ap.parse_args(argv)
 
 
@@ -346,6 +416,13 @@ def main() -> None:
     # a timeout's SIGTERM still stops Label Studio, the backend and drops the database (finally)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
+    if args.sampler_only:
+        o = run_sampler_only(args)
+        text = json.dumps(o, indent=1)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return
     o = run(args)
     text = json.dumps(o, indent=1)
     print(text)

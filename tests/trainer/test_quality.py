@@ -145,19 +145,22 @@ def test_near_duplicate_and_unusual_from_embeddings(tmp_path):
     assert all(x.verdict == "ok" for x in others), [(x.key, x.reason) for x in others if x.verdict != "ok"]
 
 
-def test_embedding_scores_approximate_above_the_threshold_same_neighbours():
+@pytest.mark.parametrize("d,kind", [(32, "ivf"), (256, "pca-ivf")])
+def test_embedding_scores_approximate_above_the_threshold_same_neighbours(d, kind):
     """Every image asks for its neighbours: exact search is n^2 (minutes at 100,000 images), so a
-    large pool gets an IVF index; the planted near duplicate and the far image are still found."""
+    large pool's neighbours are found approximately (wide embeddings: in a PCA projection) and
+    scored exactly; the planted near duplicate and the far image are still found."""
     rng = np.random.default_rng(1)
-    n, d = 3000, 32
-    centers = rng.normal(size=(20, d))
-    emb = (centers[np.arange(n) % 20] + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
+    n = 3000
+    centers = rng.normal(size=(20, 16))  # low-rank, as CNN embeddings are
+    latent = centers[np.arange(n) % 20] + 0.5 * rng.normal(size=(n, 16))
+    emb = (latent @ rng.normal(size=(16, d)) + 0.05 * rng.normal(size=(n, d))).astype(np.float32)
     emb[7] = emb[3] + 0.01 * rng.normal(size=d)  # a near duplicate of image 3
     emb[11] = 30 * rng.normal(size=d)  # far from everything
     keys = [f"k{i}" for i in range(n)]
     exact = q.embedding_scores(emb, keys, approx_threshold=10 * n)
     approx = q.embedding_scores(emb, keys, approx_threshold=1000)
-    assert exact["index"] == "flat" and approx["index"] == "ivf"
+    assert exact["index"] == "flat" and approx["index"] == kind
     for es in (exact, approx):
         assert es["rows"][7, 0] == 3 and es["sims"][7, 0] > 0.99 and 7 not in es["rows"][7]
         assert es["unusual_z"][11] > 6 and np.nanargmax(es["unusual_z"]) == 11
