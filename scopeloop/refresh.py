@@ -50,6 +50,11 @@ PAUSE_S = 4 * 3600       # a longer gap between refreshes (or labels) is a pause
 MIN_LABEL_GAP_S = 1.0    # annotations closer than this were imported in bulk, not labeled by hand
 VAL_SHARE = 5  # deep refresh: one image in five (by key hash) validates the fine-tune
 KEEP_CANDIDATES = int(os.environ.get("SCOPELOOP_KEEP_CANDIDATES", "3"))  # held-back versions kept
+# the deep refresh on a GPU: self-supervised epochs over the pool (trainer.ssl), and the label
+# count from which a supervised fine-tune follows it (below it, the adapted space alone; see
+# Refresher._deep_finetune and docs/benchmarks.md "Self-supervised adaptation")
+SSL_EPOCHS_GPU = 40
+FINETUNE_AFTER_SSL_MIN_LABELS = 1000
 TRAINING_LABELS = "training_labels.json"  # {image key: class} a version was trained on (the gate refits its recipe)
 
 
@@ -457,18 +462,46 @@ class Refresher:
                                          "views_per_second": round(res.images_per_second, 1), "backbone": path.name})
         return path
 
-    def _deep_finetune(self, labels: dict, pool_keys: list[str] | None = None) -> None:
-        """Fine-tune the backbone on all labels; the fine-tuned backbone defines a new space.
+    def _ssl_epochs(self) -> int:
+        """SCOPELOOP_SSL_EPOCHS: "auto" (default) = SSL_EPOCHS_GPU on a CUDA device, 0 on CPU
+        (a 2-core CPU needs hours for what a GPU does in minutes); a number forces it."""
+        value = os.environ.get("SCOPELOOP_SSL_EPOCHS", "auto").strip().lower() or "auto"
+        if value != "auto":
+            return int(value)
+        if self._torch_device().type != "cuda":
+            return 0
+        import importlib.util
 
-        With SCOPELOOP_SSL_EPOCHS > 0 (off by default: its benefit is not measured yet, see
-        docs/benchmarks.md), the backbone first adapts to the whole pool without labels."""
+        if importlib.util.find_spec("lightly") is None:
+            self.log("deep refresh: self-supervised adaptation skipped, the 'ssl' extra is missing "
+                     "(pip install \"scopeloop[ssl]\"); fine-tuning on the labels only")
+            return 0
+        return SSL_EPOCHS_GPU
+
+    def _deep_finetune(self, labels: dict, pool_keys: list[str] | None = None) -> None:
+        """A new embedding space for the deep refresh: the backbone adapted to the lab's images.
+
+        With self-supervised adaptation (trainer.ssl; by default on a GPU) the adapted backbone
+        itself is the new space: measured on bccd_wbc and pbc_blood (docs/benchmarks.md), the
+        head on it beats the head on ImageNet features at every label count, and beat a
+        supervised fine-tune at 100 labels, which was unstable from one label draw to the next;
+        the supervised fine-tune follows only from FINETUNE_AFTER_SSL_MIN_LABELS labels on.
+        Without SSL, the backbone is fine-tuned on all labels (as before)."""
         from trainer.training import TrainConfig, train
 
         keys = sorted(labels)
         root = self.ws.images_root
-        ssl_epochs = int(os.environ.get("SCOPELOOP_SSL_EPOCHS", "0"))
+        ssl_epochs = self._ssl_epochs()
         start = (str(self._self_supervised(pool_keys or keys, ssl_epochs)) if ssl_epochs > 0
                  else self.model_cfg.get("weights", "imagenet"))
+        if ssl_epochs > 0 and len(keys) < FINETUNE_AFTER_SSL_MIN_LABELS:
+            # learned from no label: every label may judge it (empty list of training keys)
+            write_json_atomic(Path(start).with_suffix(".keys.json"), [])
+            self.ws.update_project(finetuned_backbone=start, finetuned_version=Path(start).stem.removeprefix("backbone-"),
+                                   last_deep={"labels": len(keys), "ssl_only": True})
+            self.log(f"deep refresh: backbone adapted to {len(pool_keys or keys)} images without labels -> "
+                     f"{Path(start).name} (supervised fine-tune from {FINETUNE_AFTER_SSL_MIN_LABELS} labels on)")
+            return
         cfg = TrainConfig(backbone=self.model_cfg["backbone"], weights=start,
                           mode="full", image_size=self.model_cfg["image_size"], channels=self.model_cfg.get("channels"),
                           features=self.model_cfg.get("features", DEFAULT_FEATURES),

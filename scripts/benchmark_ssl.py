@@ -173,8 +173,8 @@ def main():
                 spaces[(name, entry["epoch"])] = f
                 log(f"{name}: SSL epoch {entry['epoch']}, loss {entry['loss']:.4f}, saved {f.name}")
 
-        batch = min(args.ssl_batch, max(32, len(paths) // 8))  # >= 8 steps per epoch on a small set
-        cfg = SSLConfig(epochs=args.epochs, batch_size=batch, device=str(device))
+        cfg = SSLConfig(epochs=args.epochs, batch_size=args.ssl_batch, device=str(device))
+        batch = min(args.ssl_batch, max(32, len(paths) // 8))  # what adapt uses (>= ~8 steps per epoch)
         t = time.time()
         res = adapt(emb, paths, args.image_size, pre.mean, pre.std, config=cfg, log=lambda m: None, on_epoch=checkpoint)
         history = [{"epoch": h["epoch"], "loss": round(h["loss"], 4), "seconds": h["seconds"]} for h in res.history]

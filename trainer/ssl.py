@@ -47,8 +47,9 @@ def _lightly():
 
 @dataclass
 class SSLConfig:
-    epochs: int = 20
-    batch_size: int = 64          # images per step (2 views each); SimCLR wants large batches
+    epochs: int = 40              # measured on a GPU (docs/benchmarks.md): 40 epochs beat 15
+    batch_size: int = 256         # images per step at most (2 views each); a small pool uses
+                                  # n/8 (at least 32) so that an epoch still has ~8 steps
     lr: float = 1e-4              # AdamW, backbone and projection head
     weight_decay: float = 1e-5
     temperature: float = 0.2      # NT-Xent temperature
@@ -131,6 +132,8 @@ def adapt(backbone: nn.Module, paths: Sequence, image_size: int, mean, std, read
     loss_fn = NTXentLoss(temperature=cfg.temperature)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp is not False)
     rng = np.random.default_rng(cfg.seed)
+    n_epoch = min(len(paths), cfg.max_images or len(paths))
+    batch = max(2, min(cfg.batch_size, max(32, n_epoch // 8)))
     history, seen, t_all = [], 0, time.time()
     for epoch in range(1, cfg.epochs + 1):
         use = list(paths)
@@ -139,8 +142,8 @@ def adapt(backbone: nn.Module, paths: Sequence, image_size: int, mean, std, read
         ds = _TwoViews(ImageDataset(use, None, image_size, mean, std, reader), cfg.crop_scale, cfg.seed)
         ds.epoch = epoch
         workers = loader_workers()
-        dl = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, collate_fn=_collate,
-                        drop_last=len(ds) > cfg.batch_size, pin_memory=device.type == "cuda",
+        dl = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=_collate,
+                        drop_last=len(ds) > batch, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed + epoch))
         net.train()
         t0, total, n = time.time(), 0.0, 0

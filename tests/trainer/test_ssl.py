@@ -1,4 +1,5 @@
 """Self-supervised adaptation (trainer.ssl): runs on CPU, changes the backbone and its space."""
+import json
 import random
 from pathlib import Path
 
@@ -58,4 +59,31 @@ def test_deep_refresh_with_ssl_makes_a_new_embedding_space(tmp_path, monkeypatch
     space_after, weights = r.space()
     assert space_after != space_before and weights is not None and weights.is_file()
     assert ws.project["last_ssl"]["epochs"] == 1 and ws.project["last_ssl"]["images"] == 51
+    # 51 labels: the adapted backbone is the new space itself (no supervised fine-tune on top), and
+    # since it learned from no label, every label may judge it
+    assert weights.name.startswith("backbone-ssl-") and ws.project["last_deep"]["ssl_only"]
+    assert json.loads(weights.with_suffix(".keys.json").read_text()) == []
     assert "-ms" in space_before  # the multiscale embedding is the default for a new project
+
+
+def test_ssl_runs_by_default_on_a_gpu_worker_only(tmp_path, monkeypatch):
+    from scopeloop.refresh import SSL_EPOCHS_GPU, Refresher
+    from trainer.workspace import Workspace
+
+    ws = Workspace(tmp_path / "proj")
+    ws.update_project(images_root=str(SAMPLE), classes=["a", "b"], ls_project_id=1,
+                      model={"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "image_size": 64})
+    monkeypatch.delenv("SCOPELOOP_SSL_EPOCHS", raising=False)
+    cpu = Refresher(ws, client=None, device="cpu", log=lambda *_: None)
+    gpu = Refresher(ws, client=None, device="cuda", log=lambda *_: None)  # only its device type is read
+    assert cpu._ssl_epochs() == 0 and gpu._ssl_epochs() == SSL_EPOCHS_GPU > 0
+    monkeypatch.setenv("SCOPELOOP_SSL_EPOCHS", "3")
+    assert cpu._ssl_epochs() == 3
+    monkeypatch.setenv("SCOPELOOP_SSL_EPOCHS", "0")
+    assert gpu._ssl_epochs() == 0
+    # a GPU worker without the 'ssl' extra: skipped with a message that says how to install it
+    monkeypatch.setenv("SCOPELOOP_SSL_EPOCHS", "auto")
+    said = []
+    gpu.log = said.append
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "lightly" else object())
+    assert gpu._ssl_epochs() == 0 and "scopeloop[ssl]" in said[0]
