@@ -188,7 +188,8 @@ class Refresher:
         snapshot = sync_labels(self.client, self.ws, full=(kind == "deep") if full_sync is None else full_sync)
         labels = {k: v for k, v in labels_by_key(snapshot).items() if v in self.classes and k in task_ids}
         t_sync = time.time()
-        if kind == "deep" and len(set(labels.values())) >= 2:
+        # self-supervised adaptation needs no label: the first nightly adapts the space before labeling
+        if kind == "deep" and (len(set(labels.values())) >= 2 or self._ssl_epochs() > 0):
             self._deep_finetune(labels, sorted(task_ids))
         keys, emb = self.embed_all(sorted(task_ids))
         row = {k: i for i, k in enumerate(keys)}

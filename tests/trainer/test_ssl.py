@@ -64,6 +64,10 @@ def test_deep_refresh_with_ssl_makes_a_new_embedding_space(tmp_path, monkeypatch
     assert weights.name.startswith("backbone-ssl-") and ws.project["last_deep"]["ssl_only"]
     assert json.loads(weights.with_suffix(".keys.json").read_text()) == []
     assert "-ms" in space_before  # the multiscale embedding is the default for a new project
+    # no label yet (the first nightly after init): the space adapts all the same
+    ws.update_project(finetuned_backbone=None, finetuned_version=None)
+    r._deep_finetune({}, sorted(labels))
+    assert r.space()[0] not in (space_before, space_after) and ws.project["last_deep"] == {"labels": 0, "ssl_only": True}
 
 
 def test_ssl_runs_by_default_on_a_gpu_worker_only(tmp_path, monkeypatch):
