@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +54,7 @@ def save(out, results):
 def step_speed(weights, size, device, batches, repeats=8):
     """Views/s of one SimCLR step (forward both views, NT-Xent, backward, AdamW) on device tensors."""
     from trainer.backbone import create_backbone
+    from trainer.inference import autocast
     from trainer.ssl import _lightly
 
     NTXentLoss, Head = _lightly()
@@ -74,7 +74,7 @@ def step_speed(weights, size, device, batches, repeats=8):
             b = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
 
             def step():
-                with torch.autocast("cuda", torch.float16, enabled=amp) if device.type == "cuda" else nullcontext():
+                with autocast(device, amp):
                     loss = loss_fn(net(a).float(), net(b).float())
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
