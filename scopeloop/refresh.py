@@ -152,7 +152,11 @@ class Refresher:
         from trainer.embedding_jobs import for_project  # chunks: resumable, shared with other workers
 
         chunked = for_project(cache.root, embed, self.model_cfg, weights_file, self.chunk_queue, self.log, DEFAULT_FEATURES)
-        all_keys, emb, skipped = cache.update(keys, [root / k for k in keys], chunked)
+        # only the keys not cached yet are handed over (with their paths): making 100,000 paths
+        # costs ~0.8 s of every refresh; the cache returns all its rows either way
+        known = set(read_json(cache.root / "keys.json", None) or [])
+        new = [k for k in keys if k not in known]
+        all_keys, emb, skipped = cache.update(new, [root / k for k in new], chunked)
         chunked.cleanup()
         if len(skipped):
             self.log(skipped.summary())

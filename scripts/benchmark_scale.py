@@ -157,6 +157,8 @@ def run(args) -> dict:
             db = f"scopeloop_scale_{uuid.uuid4().hex[:8]}"
             psql(f"create database {db}")
             out["postgres_database"] = db
+            # this machine's PostgreSQL may run without autovacuum: then dead row versions are never reused
+            out["postgres_autovacuum"] = psql("show autovacuum")
             ls = PostgresLabelStudio(data_dir=work / "ls", document_root=Path("/"), port=free_port())
             ls.database = db
         else:
@@ -217,6 +219,10 @@ def run(args) -> dict:
             t_pruned = time.perf_counter()
             p = r.prune()  # in the service: a low-priority job run when no refresh is waiting
             t_prune = time.perf_counter() - t_pruned
+            if args.postgres and args.vacuum_every and (i + 1) % args.vacuum_every == 0:
+                t_vac = time.perf_counter()  # what autovacuum does on a server that has it on
+                psql("vacuum (analyze) task, prediction", db=out["postgres_database"])
+                out.setdefault("vacuum_s", []).append(round(time.perf_counter() - t_vac, 2))
             cache = ws.load_predictions(ws.status["serving_version"])
             if cache is not None:
                 ranks = np.asarray(cache["rank"])
@@ -293,6 +299,13 @@ def run(args) -> dict:
                 (line.split("|") for line in psql(
                     "select relname, pg_total_relation_size(relid) from pg_catalog.pg_statio_user_tables "
                     "order by 2 desc limit 10", db=out["postgres_database"]).splitlines() if "|" in line)}
+            # row versions: updated / of them in place (HOT) / dead now, per table (what autovacuum reclaims)
+            out["db_tables_rows"] = {
+                name: {"updated": int(u), "hot": int(h), "dead": int(dd), "live": int(lv)} for name, u, h, dd, lv in
+                (line.split("|") for line in psql(
+                    "select relname, n_tup_upd, n_tup_hot_upd, n_dead_tup, n_live_tup from pg_stat_user_tables "
+                    "where relname in ('task', 'prediction') order by 1", db=out["postgres_database"]).splitlines()
+                 if line.count("|") == 4)}
         out["total_s"] = round(time.perf_counter() - t_all, 1)
         return out
     finally:
@@ -404,6 +417,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workdir", default=None, help="where the temporary folder goes (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder and database")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--vacuum-every", type=int, default=0,
+                    help="--postgres: VACUUM the task and prediction tables after every k-th refresh (what "
+                         "autovacuum does; use where the server runs with autovacuum off); 0: never")
     ap.add_argument("--sampler-only", action="store_true",
                     help="no Label Studio: ranking, FAISS index (and --qc-scores) on synthetic embeddings (1,000,000)")
     ap.add_argument("--qc-scores", action="store_true", help="with --sampler-only: the quality pass's neighbour search")
