@@ -14,14 +14,19 @@ from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
 DEV = _DEV_DATA
 
 
+def _dev_subset(sub: Path, per_class: int) -> Path:
+    """The first `per_class` images of each class of the dev set, as an ImageFolder at `sub`."""
+    for cls in sorted(p for p in DEV.iterdir() if p.is_dir()):
+        (sub / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            shutil.copy(f, sub / cls.name / f.name)
+    return sub
+
+
 @pytest.mark.skipif(not DEV.is_dir(), reason="dev data set not present")
 def test_benchmark_runs_end_to_end_tiny(tmp_path):
     # tiny: a 5-image-per-class subset of the dev set (Basophil keeps its 3), 2 rounds, 2 seeds
-    sub = tmp_path / "data"
-    for cls in sorted(p for p in DEV.iterdir() if p.is_dir()):
-        (sub / cls.name).mkdir(parents=True)
-        for f in sorted(cls.iterdir())[:5]:
-            shutil.copy(f, sub / cls.name / f.name)
+    sub = _dev_subset(tmp_path / "data", 5)
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_label_efficiency.py"), "--data", str(sub),
            "--out", str(out), "--batch", "4", "--max-labels", "8", "--seeds", "2",
@@ -104,11 +109,7 @@ def test_ssl_recipe_runs_on_a_backbone_adapted_by_the_ssl_benchmark(tmp_path):
     # scripts/benchmark_ssl.py adapts the backbone without labels (CPU, tiny) and writes it;
     # the label-efficiency benchmark's `ssl` recipe embeds the set with that file, beside `head`
     pytest.importorskip("lightly")
-    sub = tmp_path / "data"
-    for cls in sorted(p for p in DEV.iterdir() if p.is_dir()):
-        (sub / cls.name).mkdir(parents=True)
-        for f in sorted(cls.iterdir())[:4]:
-            shutil.copy(f, sub / cls.name / f.name)
+    sub = _dev_subset(tmp_path / "data", 4)
     ssl_out = tmp_path / "ssl"
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_ssl.py"), "--data", str(sub),
                           "--image-size", "64", "--epochs", "1", "--speed-batches", "", "--out", str(ssl_out)],
