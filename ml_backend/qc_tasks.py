@@ -17,11 +17,12 @@ The Data Manager shows each as a column (`qc`, `qc_score`, `qc_note`) that can b
 "qc is not ok". New tasks get the fields inside the import (no extra request); a verdict that
 changes later (new images arrive, embeddings judge near duplicates and unusual images) is written
 with PATCH /api/tasks/{id}, which REPLACES the task's whole `data` (Label Studio 1.23.2, ~0.2 s
-per task): the current data is read first and only the three fields change. Only a change of
+per task): the current data of those tasks only is read first (by task id, never a listing of the
+whole project: minutes at 100,000 tasks) and only the three fields change. Only a change of
 VERDICT is written: `qc_score` keeps the score that decided the verdict when it was set (scores
 drift a little as the pool grows; re-writing every flagged task for that would cost 0.2 s each).
-What was written is remembered in `<workdir>/qc/published.json`, so a refresh whose verdicts did
-not change costs nothing. Tasks imported before this existed and judged ok are left without the fields (writing
+What was written (and what `init` imported, `record_imported`) is remembered in
+`<workdir>/qc/published.json`, so a refresh whose verdicts did not change costs nothing. Tasks imported before this existed and judged ok are left without the fields (writing
 every one of them would cost 0.2 s per task); every flagged one gets them.
 """
 from __future__ import annotations
