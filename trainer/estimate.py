@@ -97,7 +97,7 @@ def out_of_fold_proba(X: np.ndarray, y: Sequence[int], n_classes: int, folds: np
     Torch runs on one thread meanwhile: small L-BFGS fits are several times faster that way on a
     busy CPU.
     """
-    import torch
+    from trainer.head import single_thread
 
     fit = fit or _default_fit
     X = np.asarray(X, dtype=np.float32)
@@ -108,9 +108,7 @@ def out_of_fold_proba(X: np.ndarray, y: Sequence[int], n_classes: int, folds: np
     y_eval = np.asarray(y_eval, dtype=int)
     eval_folds = np.asarray(eval_folds, dtype=int)
     out = np.full((len(X_eval), n_classes), np.nan)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         for f in np.unique(eval_folds[eval_folds >= 0]):
             test = np.flatnonzero(eval_folds == f)
             train = folds != f
@@ -119,8 +117,6 @@ def out_of_fold_proba(X: np.ndarray, y: Sequence[int], n_classes: int, folds: np
             p = np.asarray(fit(X[train], y[train], n_classes, seed=seed).predict_proba(X_eval[test]), dtype=float)
             p[~np.isin(y_eval[test], y[train])] = np.nan
             out[test] = p
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

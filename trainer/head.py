@@ -8,6 +8,7 @@ deterministic: the same labels give the same head.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,7 +93,24 @@ def pseudo_labels(probs: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.
     return np.concatenate(rows).astype(np.int64), np.concatenate(cls).astype(np.int64)
 
 
+@contextmanager
+def single_thread():
+    """Torch on one thread meanwhile. The quick head's L-BFGS fits are tiny (a few hundred rows):
+    on a busy 2-core machine a second thread made them ~5x slower (0.3-0.5 s vs 0.04-0.1 s a fit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _fit(X, y, n_classes, seed, class_weight, l2, X_val, y_val, rounds, iters_per_round, patience) -> LinearHead:
+    with single_thread():
+        return _fit_lbfgs(X, y, n_classes, seed, class_weight, l2, X_val, y_val, rounds, iters_per_round, patience)
+
+
+def _fit_lbfgs(X, y, n_classes, seed, class_weight, l2, X_val, y_val, rounds, iters_per_round, patience) -> LinearHead:
     torch.manual_seed(seed)
     X = torch.as_tensor(np.asarray(X, dtype=np.float32))
     y = torch.as_tensor(np.asarray(y, dtype=np.int64))

@@ -155,9 +155,7 @@ def out_of_fold(X: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5, se
     Runs torch on one thread: on a busy 2-core machine a 50-image fit took 5.4 s with two threads
     and 0.2 s with one (thread hand-off dominates such small L-BFGS problems).
     """
-    import torch
-
-    from trainer.head import fit_head
+    from trainer.head import fit_head, single_thread
 
     rng = np.random.default_rng(seed)
     fold = np.empty(len(y), int)
@@ -165,12 +163,8 @@ def out_of_fold(X: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5, se
         rows = np.flatnonzero(y == c)
         fold[rng.permutation(rows)] = np.arange(len(rows)) % folds
     logp = np.full((len(y), n_classes), np.nan, np.float64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         _fill_folds(X, y, n_classes, folds, fold, logp, seed, fit_head)
-    finally:
-        torch.set_num_threads(threads)
     return logp
 
 

@@ -215,3 +215,17 @@ def test_refresh_deep_says_when_no_worker_takes_it(setup, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "deep refresh queued" in out and "no worker takes deep refreshes now" in out
     assert Queue(GPU_QUEUE_NAME, connection=redis).count == 1
+
+
+def test_worker_parent_preloads_the_refresh_code_without_starting_threads():
+    # each refresh job is a fork of the worker: what the parent imported, no job imports again
+    # (torch._dynamo alone is ~1.6 s of a job's first fit); no thread may exist at fork time
+    import subprocess
+    import sys
+
+    code = ("import sys, threading; from scopeloop.worker import preload_refresh_code; preload_refresh_code(); "
+            "mods = ('torch._dynamo', 'scopeloop.refresh', 'sampler', 'trainer.head'); "
+            "print(all(m in sys.modules for m in mods), threading.active_count())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "1"]

@@ -30,3 +30,22 @@ def test_class_without_labels_is_never_predicted_and_linear_matches():
     lin = head.to_linear()
     with torch.no_grad():
         assert np.allclose(lin(torch.from_numpy(X)).numpy(), head.logits(X), atol=1e-3)
+
+
+def test_fit_runs_on_one_torch_thread_and_restores_the_setting(monkeypatch):
+    # tiny L-BFGS fits: a second thread made each ~5x slower on a busy 2-core machine
+    import torch
+
+    seen = []
+    step = torch.optim.LBFGS.step
+    monkeypatch.setattr(torch.optim.LBFGS, "step", lambda self, closure: seen.append(torch.get_num_threads())
+                        or step(self, closure))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        X, y = _clusters(60)
+        fit_head(X, y, 3)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
