@@ -224,7 +224,7 @@ def test_worker_parent_preloads_the_refresh_code_without_starting_threads():
     import sys
 
     code = ("import sys, threading; from scopeloop.worker import preload_refresh_code; preload_refresh_code(); "
-            "mods = ('torch._dynamo', 'scopeloop.refresh', 'sampler', 'trainer.head'); "
+            "mods = ('torch._dynamo', 'matplotlib.pyplot', 'scopeloop.refresh', 'sampler', 'trainer.head'); "
             "print(all(m in sys.modules for m in mods), threading.active_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
