@@ -129,7 +129,7 @@ def publish_verdicts(client, project_id: int, workdir, task_ids: dict | None = N
             _save_record(workdir, project_id, record)
         return out
     try:
-        if todo and task_ids is None:
+        if task_ids is None:
             task_ids = client.task_keys(project_id)  # one listing, only when there is something to write
         todo = [k for k in todo if k in task_ids]
         for i in range(0, len(todo), READ_CHUNK):
