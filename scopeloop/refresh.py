@@ -193,10 +193,8 @@ class Refresher:
         labels = {k: v for k, v in labels_by_key(snapshot).items() if v in self.classes and k in task_ids}
         t_sync = time.time()
         # self-supervised adaptation needs no label: the first nightly adapts the space before labeling
-        if kind == "deep":
-            ssl_epochs = self._ssl_epochs()  # once per refresh: it may log why SSL is skipped
-            if len(set(labels.values())) >= 2 or ssl_epochs > 0:
-                self._deep_finetune(labels, sorted(task_ids), ssl_epochs)
+        if kind == "deep" and (len(set(labels.values())) >= 2 or self._ssl_epochs() > 0):
+            self._deep_finetune(labels, sorted(task_ids))
         keys, emb = self.embed_all(sorted(task_ids))
         row = {k: i for i, k in enumerate(keys)}
         t_embed = time.time()
@@ -485,7 +483,7 @@ class Refresher:
             return 0
         return SSL_EPOCHS_GPU
 
-    def _deep_finetune(self, labels: dict, pool_keys: list[str] | None = None, ssl_epochs: int | None = None) -> None:
+    def _deep_finetune(self, labels: dict, pool_keys: list[str] | None = None) -> None:
         """A new embedding space for the deep refresh: the backbone adapted to the lab's images.
 
         With self-supervised adaptation (trainer.ssl; by default on a GPU) the adapted backbone
@@ -498,7 +496,7 @@ class Refresher:
 
         keys = sorted(labels)
         root = self.ws.images_root
-        ssl_epochs = self._ssl_epochs() if ssl_epochs is None else ssl_epochs
+        ssl_epochs = self._ssl_epochs()
         start = (str(self._self_supervised(pool_keys or keys, ssl_epochs)) if ssl_epochs > 0
                  else self.model_cfg.get("weights", "imagenet"))
         if ssl_epochs > 0 and len(keys) < FINETUNE_AFTER_SSL_MIN_LABELS:
