@@ -562,7 +562,7 @@ def _ls_exporter(snapshot: dict, workspace):
     from ml_backend.labelstudio import LabelStudioClient
 
     s = load_settings()
-    pid = snapshot.get("project_id") or workspace.project.get("label_studio_project_id")
+    pid = snapshot.get("project_id") or workspace.project.get("ls_project_id")
     if not pid:
         raise ExportError("no Label Studio project id in the labels snapshot: sync labels first")
     return label_studio_exporter(LabelStudioClient(s.label_studio_url, s.label_studio_api_key), int(pid))

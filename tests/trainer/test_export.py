@@ -286,3 +286,14 @@ def test_label_studio_own_export_is_written_into_the_export(label_studio, ws, im
     assert s["exported"] == 3 and [t["data"]["key"] for t in ls] == [keys[0]]  # LS exports annotated tasks
     assert ls[0]["annotations"][0]["result"][0]["value"]["choices"] == ["Basophil"]
     assert not list((tmp_path / "d").glob("*.part"))
+
+
+def test_ls_json_export_finds_the_project_id_that_init_writes(ws, monkeypatch):
+    """An offline snapshot has no project_id: the Label Studio project comes from project.json's
+    `ls_project_id` (what init writes); it once read a key nothing writes and refused."""
+    from trainer.export import _ls_exporter
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "token-for-test")
+    ws.update_project(ls_project_id=7)
+    assert callable(_ls_exporter({"cursor": None, "tasks": {}}, ws))
