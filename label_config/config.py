@@ -12,8 +12,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from label_studio_sdk.label_interface import LabelInterface
-from label_studio_sdk.label_interface import control_tags, label_tags, object_tags
+from label_studio_sdk.label_interface import LabelInterface, control_tags, label_tags, object_tags
 
 # Keys 1..9, then letters. LS's editor binds a few single letters itself (h: hide region,
 # u: unselect), so those are skipped to avoid two meanings for one key.
@@ -81,7 +80,7 @@ def build_config(classes: list[str], *, from_name: str = "label", to_name: str =
         ET.SubElement(view, "Header", value=title)
     if suggestion:
         # the model's suggestion as text the annotator reads first, marked as the model's; the
-        # worker's prediction fills it (ml_backend.labelstudio.push_predictions); read-only
+        # worker's prediction fills it (ml_backend.labelstudio.client.push_predictions); read-only
         ET.SubElement(view, "Header", value="Model's suggestion (its class is pre-selected below; check it before you submit):",
                       size="6")
         ET.SubElement(view, "TextArea", name=SUGGESTION_NAME, toName=to_name, editable="false", readonly="true",
@@ -103,6 +102,18 @@ def build_config(classes: list[str], *, from_name: str = "label", to_name: str =
     xml = ET.tostring(view, encoding="unicode")
     parse_config(xml)  # round trip through LabelInterface: fail here, not in Label Studio
     return xml
+
+
+def choice_result(from_name: str, to_name: str, label: str, confidence: float | None = None,
+                  position: int | None = None) -> dict:
+    """One Label Studio `choices` result: an annotation's (no `confidence`), or the model's
+    suggestion with its confidence (0..1, shown to 2 decimals) and its 1-based queue `position`.
+    The one shape both the backend's /predict answers and the worker's pushed predictions use."""
+    out = {"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [label]}}
+    if confidence is not None:
+        out["score"] = round(float(confidence), 4)
+        out["meta"] = {"text": [f"confidence {confidence:.2f}" + (f", queue position {position}" if position else "")]}
+    return out
 
 
 def load_config(path: str | Path) -> ParsedConfig:

@@ -58,9 +58,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
-
 from redis import Redis
+from werkzeug.exceptions import HTTPException
 
 from ml_backend.predictor import UNTRAINED, Predictor, check_label_config, empty_prediction, live_model_version
 from ml_backend.projects import ProjectIndex, parse_project_id
@@ -259,15 +258,13 @@ def _json_body() -> tuple[dict | None, Any]:
     return body, None
 
 
-def create_app(settings=None, *, queue_name: str | None = None) -> Flask:
-    """The backend app. `settings`: a `scopeloop.settings.Settings` (default: from environment).
+def create_app(settings, *, queue_name: str | None = None) -> Flask:
+    """The backend app. `settings`: the application's settings (`scopeloop.settings.Settings` or
+    any object with `home`, `redis_url`, `device`, `backend_token`); the entry points
+    (`scopeloop backend`, `scopeloop.wsgi`) read them from the environment.
 
     `queue_name` overrides the RQ queue (tests); workers listen on `ml_backend.queue.QUEUE_NAME`.
     """
-    if settings is None:
-        from scopeloop.settings import load_settings
-
-        settings = load_settings()
     app = Flask(__name__)
     app.json.sort_keys = False
     max_mb = float(env_setting("SCOPELOOP_BACKEND_MAX_BODY_MB", "64") or 64)

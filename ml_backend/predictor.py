@@ -10,7 +10,7 @@ Where a prediction comes from, in order:
 The image key is `task["data"]["key"]`; a task without it gets its key derived from the
 local-files URL in `data["image"]` (`/data/local-files/?d=<path>`), see `task_key`.
 
-Encoding (the same as the bulk push in `ml_backend.labelstudio.push_predictions`, so a
+Encoding (the same as the bulk push in `ml_backend.labelstudio.client.push_predictions`, so a
 prediction looks alike whichever way it reached Label Studio):
 * top-level `score` = the sampler's PRIORITY in [0, 1], 0 = label first (LS "Uncertainty
   sampling" serves ascending score). Taken from the cache's optional `priority` (float per
@@ -42,8 +42,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from label_config import LabelConfigError, ParsedConfig, parse_config
-from trainer.workspace import Workspace
+from label_config import LabelConfigError, ParsedConfig, choice_result, parse_config
+from trainer.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def check_label_config(xml: str | None, model_classes: Sequence[str] | None
 
 def _safe_key(key: str) -> str | None:
     """A relative posix key that stays inside the image root, else None. Windows separators
-    become "/", except the `\\xNN` escapes of non-UTF-8 bytes (`trainer.images.image_key`)."""
+    become "/", except the `\\xNN` escapes of non-UTF-8 bytes (`trainer.io.folders.image_key`)."""
     key = re.sub(r"\\(?!x[0-9a-fA-F]{2})", "/", key).strip()
     p = PurePosixPath(key)
     if not key or p.is_absolute() or ".." in p.parts:
@@ -153,7 +153,7 @@ def task_key(task: dict, images_root: Path | None = None, known: set | None = No
             if t in known:
                 return t
     if root is not None:
-        from trainer.images import path_for_key
+        from trainer.io.folders import path_for_key
 
         for t in tails:
             if path_for_key(root, t).is_file():
@@ -240,7 +240,7 @@ class Predictor:
             return self._model[1]
         import torch
 
-        from trainer.model import ScopeModel
+        from trainer.models.model import ScopeModel
 
         torch.set_flush_denormal(True)  # long-lived CPU processes drift slower without it
         model = ScopeModel.load(self.ws.registry.path(version))
@@ -325,11 +325,8 @@ class Predictor:
             cls_list = classes if (cache and key in cache["index"]) else live_classes
             k = int(np.argmax(probs))
             conf = float(probs[k])
-            text = f"confidence {conf:.2f}" + (f", queue position {rank + 1}" if rank is not None else "")
             out.results.append({
-                "result": [{"from_name": from_name, "to_name": to_name, "type": "choices",
-                            "value": {"choices": [cls_list[k]]}, "score": round(conf, 4),
-                            "meta": {"text": [text]}}],
+                "result": [choice_result(from_name, to_name, cls_list[k], conf, None if rank is None else rank + 1)],
                 "score": round(prio if prio is not None else conf, 6),
                 "model_version": mv,
             })
@@ -351,13 +348,14 @@ class Predictor:
     def _compute(self, version: str, todo: dict[str, list[int]], rows: list, images_root: Path | None,
                  out: PredictOutcome) -> None:
         """Run the current model on the images of `todo` (key -> task positions); fill `rows`."""
-        from trainer.inference import run_model
+        from trainer.models.inference import run_model
 
         if images_root is None:
             out.errors.append("project has no images folder (project.json images_root): "
                               f"{sum(map(len, todo.values()))} task(s) cannot be predicted")
             return
-        from trainer.images import image_exists, path_for_key
+        from trainer.io.folders import path_for_key
+        from trainer.io.plane_keys import image_exists
 
         root = images_root.resolve()
         keys, paths = [], []

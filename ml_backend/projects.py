@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from trainer.workspace import Workspace
+from trainer.store.workspace import Workspace, project_dirs
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def scan_projects(home) -> dict[int, Path]:
     """
     found: dict[int, Path] = {}
     mtimes: dict[int, float] = {}
-    for pj in sorted(Path(home).glob("projects/*/project.json")):
+    for pj in (d / "project.json" for d in project_dirs(home)):
         pid = _read_ls_id(pj)
         if pid is None:
             continue

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +27,8 @@ from dataclasses import dataclass
 from redis import Redis
 from rq import Queue, Retry
 from rq.job import Job
+
+from trainer.store.lease import lease
 
 QUEUE_NAME = "scopeloop"          # quick refreshes: any worker
 GPU_QUEUE_NAME = "scopeloop-gpu"  # deep refreshes and embedding chunks: GPU workers (CPU ones if told to)
@@ -146,28 +146,10 @@ class RefreshQueue:
     @contextmanager
     def lock(self, root: str, wait_s: float = TIMEOUTS["quick"], poll_s: float = 0.2):
         """Exclusive right to train+publish for one project; the TTL is renewed while held."""
-        key = self.key(root, "lock")
-        token = uuid.uuid4().hex
-        deadline = time.time() + wait_s
-        while not self.redis.set(key, token, nx=True, ex=LOCK_TTL):
-            if time.time() > deadline:
+        with lease(self.redis, self.key(root, "lock"), LOCK_TTL, wait_s, poll_s) as held:
+            if not held:
                 raise TimeoutError(f"another worker holds the refresh lock of {root} for over {wait_s:.0f} s")
-            time.sleep(poll_s)
-        stop = threading.Event()
-
-        def heartbeat():
-            while not stop.wait(LOCK_TTL / 3):
-                if (self.redis.get(key) or b"").decode() == token:
-                    self.redis.expire(key, LOCK_TTL)
-
-        t = threading.Thread(target=heartbeat, daemon=True)
-        t.start()
-        try:
             yield
-        finally:
-            stop.set()
-            if (self.redis.get(key) or b"").decode() == token:
-                self.redis.delete(key)
 
     # --------------------------------------------------------------- watching
     def projects(self) -> list[str]:

@@ -25,6 +25,16 @@ def normalize_rows(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def centred_unit(emb: np.ndarray) -> np.ndarray:
+    """A float32 copy of the rows centred on their raw mean, then L2-normalised: the image QC's
+    "centred cosine" (trainer.quality.embedding_scores). `Space` centres differently (unit rows
+    first, then their mean, then unit again): two definitions kept apart until a benchmark decides
+    (docs/architecture.md, follow-ups)."""
+    x = np.array(emb, dtype=np.float32, copy=True)
+    x -= x.mean(0, keepdims=True)
+    return normalize_rows(x)
+
+
 def gather_unit(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Unit-norm float32 copy of x[rows], gathered chunk by chunk (works on memmaps too)."""
     rows = np.asarray(rows, dtype=np.int64)

@@ -20,10 +20,15 @@ def top2(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return part[:, 1], part[:, 0]
 
 
+def top2_gap(p: np.ndarray) -> np.ndarray:
+    """p1 - p2 per row, in [0, 1] (the raw top-2 margin; low = the model hesitates)."""
+    a, b = top2(p)
+    return a - b
+
+
 def margin(p: np.ndarray) -> np.ndarray:
     """1 - (p1 - p2): the model hesitates between its two best classes."""
-    a, b = top2(p)
-    return (1.0 - (a - b)).astype(np.float32)
+    return (1.0 - top2_gap(p)).astype(np.float32)
 
 
 def entropy(p: np.ndarray) -> np.ndarray:

@@ -32,12 +32,10 @@ def _channels(text: str | None):
 def _groups(args, paths, root: Path):
     """Group of each image, for a leakage-free split: from a CSV column or a file-name pattern."""
     if args.group_pattern:
+        from trainer.io.groups import group_of
+
         rx = re.compile(args.group_pattern)
-        out = []
-        for p in paths:
-            m = rx.search(p.name)
-            out.append(m.group(m.lastindex or 0) if m else p.name)
-        return out
+        return [group_of(p, rx, unmatched="own-name") for p in paths]
     if args.groups_csv:
         with open(args.groups_csv, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -49,10 +47,10 @@ def _groups(args, paths, root: Path):
 
 
 def cmd_train(args) -> int:
-    from trainer.images import scan_imagefolder
-    from trainer.metrics import qc_summary
-    from trainer.registry import ModelRegistry
-    from trainer.training import TrainConfig, save_version, train
+    from trainer.io.folders import scan_imagefolder
+    from trainer.models.training import TrainConfig, save_version, train
+    from trainer.models.training_qc import qc_summary
+    from trainer.store.registry import ModelRegistry
 
     root = Path(args.data)
     if not root.is_dir():
@@ -61,7 +59,7 @@ def cmd_train(args) -> int:
     if not items:
         raise UserError(f"no images found under '{root}/<class>/'")
     paths = [p for p, _ in items]
-    from trainer.images import reading_settings
+    from trainer.io.project_reading import reading_settings
 
     prep = reading_settings(paths, stack=args.stack, plane=args.plane, timepoint=args.timepoint,
                             normalisation=args.normalisation, bit_depth=args.bit_depth,
@@ -86,7 +84,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from trainer.inference import predict_folder, resolve_model_dir
+    from trainer.reports.batch_predict import predict_folder, resolve_model_dir
 
     if not Path(args.input).is_dir():
         raise UserError(f"--input '{args.input}' is not a folder of images")
@@ -124,7 +122,7 @@ def require_faiss() -> None:
 
 def _workspace(args):
     from scopeloop.settings import load_settings
-    from trainer.workspace import Workspace
+    from trainer.store.workspace import Workspace
 
     settings = load_settings()
     return settings, Workspace(settings.existing_project(args.project))
@@ -154,10 +152,9 @@ def cmd_refresh(args) -> int:
     settings, ws = _workspace(args)
     kind = "deep" if args.deep else "quick"
     if args.now:
-        from ml_backend.labelstudio import LabelStudioClient
         from scopeloop.refresh import Refresher
 
-        refresher = Refresher(ws, LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key),
+        refresher = Refresher(ws, settings.label_studio_client(),
                               device=settings.device or None)
         out = refresher.run(kind)
         out.update(refresher.prune())
@@ -177,7 +174,7 @@ def cmd_status(args) -> int:
 
     settings, ws = _workspace(args)
     p, st, reg = ws.project, ws.status, ws.registry
-    from ml_backend.sync import labels_by_key, unusable_keys
+    from ml_backend.labelstudio.sync import labels_by_key, unusable_keys
 
     labels, unusable = labels_by_key(ws.labels), unusable_keys(ws.labels)
     n_images = st.get("last_quick", {}).get("images") or p.get("n_tasks")
@@ -187,7 +184,7 @@ def cmd_status(args) -> int:
           f"unlabeled: {(n_images - done) if n_images else '?'}")
     cur = reg.current()
     if cur:
-        from trainer.estimate import from_metrics, headline
+        from trainer.stats.estimate import from_metrics, headline
 
         log, kept = reg.version_log(), set(reg.versions())
         held = sum(1 for r in log if not r.get("promoted"))
@@ -205,7 +202,7 @@ def cmd_status(args) -> int:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished"]))
             print(f"  last {kind} refresh: {when}, {last.get('labels')} labels, {last.get('gate', last.get('note', ''))}, "
                   f"{last.get('seconds', {}).get('total')} s")
-    from trainer.embedding_jobs import embedding_progress
+    from trainer.models.embedding_jobs import embedding_progress
 
     for chunks in sorted(ws.root.glob("embeddings/*/chunks")):
         prog = embedding_progress(chunks)
@@ -274,7 +271,7 @@ def cmd_init(args) -> int:
                                backend_url=None if args.no_backend else settings.backend_url, model=model,
                                reading=reading)
     print(report.summary())
-    from trainer.images import reader_of
+    from trainer.io.settings import reader_of
 
     print(f"reading: {reader_of(ws.project.get('model') or {}).describe()}")
     print(f"project '{ws.root.name}': {settings.label_studio_url}/projects/{report.project_id}/data")
@@ -283,12 +280,13 @@ def cmd_init(args) -> int:
 
 
 def cmd_qc(args) -> int:
-    from trainer.quality import QCSettings, qc_folder
+    from trainer.quality.settings import QCSettings
+    from trainer.reports.batch_qc import qc_folder
 
     if not Path(args.images).is_dir():
         raise UserError(f"--images '{args.images}' is not a folder of images")
     if args.settings and not Path(args.settings).is_file():
-        raise UserError(f"--settings '{args.settings}' not found; give a JSON file of thresholds (see trainer/quality.py)")
+        raise UserError(f"--settings '{args.settings}' not found; give a JSON file of thresholds (see trainer/quality/)")
     settings = QCSettings.load(args.settings) if args.settings else QCSettings()
     report = qc_folder(args.images, args.out, settings, embed=not args.no_embed, backbone=args.backbone, progress=True)
     print(report.summary())
@@ -313,8 +311,9 @@ def cmd_demo(args) -> int:
 
 def cmd_backend(args) -> int:
     from ml_backend.app import create_app
+    from scopeloop.settings import load_settings
 
-    app = create_app()
+    app = create_app(load_settings())
     if args.host in ("127.0.0.1", "localhost", "::1"):
         print(f"ML backend on http://{args.host}:{args.port} (this machine only; --host 0.0.0.0 to accept other machines)")
     else:
@@ -420,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_init)
 
     qc = sub.add_parser("qc", help="image quality verdicts for a folder: blank, out of focus, saturated, too dark, duplicate, unusual",
-                        description="Score every image (documented in trainer/quality.py) and give one verdict naming the deciding "
+                        description="Score every image (documented in trainer/quality/) and give one verdict naming the deciding "
                                     "score; focus is learned from the folder's own sharpest images. Writes a CSV; moves nothing.")
     qc.add_argument("--images", required=True, help="folder of images (searched recursively)")
     qc.add_argument("--out", required=True, help="CSV file to write (one row per image)")
@@ -440,20 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("backend", help="run the ML backend HTTP service Label Studio calls",
-                       description="Flask service: /health, /setup, /predict, /webhook (production: gunicorn ml_backend.wsgi:app).")
+                       description="Flask service: /health, /setup, /predict, /webhook (production: gunicorn scopeloop.wsgi:app).")
     b.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 = all interfaces)")
     b.add_argument("--port", type=int, default=9090)
     b.set_defaults(func=cmd_backend)
 
-    from trainer.export import add_cli as add_export_cli
+    from scopeloop.export_commands import add_cli as add_export_cli
 
     add_export_cli(sub)
     return p
 
 
 def _service_errors():
-    from ml_backend.labelstudio import LabelStudioError
+    from ml_backend.labelstudio.client import LabelStudioError
     from scopeloop.services import ServiceError
 
     return (LabelStudioError, ServiceError)
@@ -462,9 +461,9 @@ def _service_errors():
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from trainer.backbone import WeightsUnavailableError
-    from trainer.images import ImageReadError
-    from trainer.registry import RegistryError
+    from trainer.io.errors import ImageReadError
+    from trainer.models.backbone import WeightsUnavailableError
+    from trainer.store.registry import RegistryError
 
     try:
         return int(args.func(args) or 0)

@@ -39,7 +39,7 @@ def _credentials(home: Path) -> dict:
 
 
 def _starter_labels(images: Path, home: Path, per_class: int = 2) -> Path:
-    from trainer.images import image_key, scan_imagefolder
+    from trainer.io.folders import image_key, scan_imagefolder
 
     items, _ = scan_imagefolder(images)
     rows, seen = ["file,label"], {}
@@ -69,7 +69,7 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
     `name`: project name (default "demo" for the bundled sample, else from the folder's name).
     With `wait=False` returns at once with `info["stop"]` to stop the services.
     """
-    from ml_backend.ls_server import LabelStudioServer, LabelStudioServerError
+    from ml_backend.labelstudio.server import LabelStudioServer, LabelStudioServerError
     from ml_backend.queue import RefreshQueue, connect_redis
     from scopeloop import projects
 

@@ -1,4 +1,4 @@
-"""A scopeloop project = a Label Studio project + a work directory (trainer.workspace).
+"""A scopeloop project = a Label Studio project + a work directory (trainer.store.workspace).
 
 One project per image folder. `init` creates the project for a folder, or resumes it (the
 project whose project.json names the same folder, or the one called `name`), then records in
@@ -22,12 +22,11 @@ import shutil
 from pathlib import Path
 
 from label_config import parse_config
-from ml_backend.labelstudio import LabelStudioClient, LabelStudioError
-from ml_backend.project_setup import init_project
-from ml_backend.qc_tasks import publish_verdicts, record_imported, task_fields
-from trainer.workspace import Workspace, read_json, write_json_atomic
-
-DEFAULT_MODEL = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "image_size": 224, "channels": None}
+from ml_backend.labelstudio.client import LabelStudioError
+from ml_backend.labelstudio.project_setup import init_project
+from ml_backend.labelstudio.qc_tasks import publish_verdicts, record_imported, task_fields
+from trainer.store.atomic import write_json_atomic
+from trainer.store.workspace import DEFAULT_MODEL, Workspace, project_dirs, read_json
 
 
 class ProjectError(ValueError):
@@ -47,10 +46,10 @@ def project_name(folder: Path) -> str:
 def list_projects(home) -> dict[str, dict]:
     """name -> project.json of every project under `<home>/projects`."""
     out = {}
-    for pj in sorted(Path(home).glob("projects/*/project.json")):
-        data = read_json(pj, {}) or {}
+    for d in project_dirs(home):
+        data = read_json(d / "project.json", {}) or {}
         if isinstance(data, dict):
-            out[pj.parent.name] = data
+            out[d.name] = data
     return out
 
 
@@ -100,13 +99,14 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
     """Create or resume the project for image folder `images`; returns (Workspace, InitReport).
 
     `name`: the project name (default: the folder's project, else a name made from the folder's
-    name). `reading`: the project's reading choices (`trainer.images.READING_CHOICES`: stack,
+    name). `reading`: the project's reading choices (`trainer.io.project_reading.READING_CHOICES`: stack,
     plane, timepoint, normalisation, bit_depth; None = keep the project's, else the defaults),
     made into ``model["preprocessing"]`` once here (per-dataset ranges from a sample of the
     folder) and used by previews, the refresh, the models and so /predict and export. Raises ProjectError / LabelStudioError / FileNotFoundError with a message that says
     what to do; on any failure Label Studio and the disk are left as they were.
     """
-    from trainer.images import list_images, project_reading
+    from trainer.io.folders import list_images
+    from trainer.io.project_reading import project_reading
 
     images = Path(images).expanduser().resolve()
     if not images.is_dir():
@@ -131,7 +131,7 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
     work_existed, link_dir = work.exists(), links / name
     links_existed = link_dir.exists()
     known = read_json(work / "project.json", {}) or {}
-    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    client = settings.label_studio_client()
     client.check()
     before = known.get("ls_project_id")
     if before is not None and not _ls_project_exists(client, before):
@@ -145,7 +145,7 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
             existing = client.find_project(ls_title(name))
             if existing is None:
                 from label_config import build_config
-                from ml_backend.project_setup import _read_labels
+                from ml_backend.labelstudio.project_setup import _read_labels
 
                 cls = classes
                 if not cls and labels and str(labels).lower() == "imagefolder":
@@ -209,8 +209,8 @@ def _quality_pass(work: Path, images: Path) -> tuple[dict | None, dict]:
     kept in <work>/qc/; images measured before are not read again). Without embeddings yet: near
     duplicates and `unusual` are judged by the worker's first refresh. Never fatal: a failure gives
     (None, {"error": ...}) and the first refresh tries again."""
-    from trainer.images import image_key, list_images
-    from trainer.quality import QC_DIR, project_qc
+    from trainer.io.folders import image_key, list_images
+    from trainer.quality.project import QC_DIR, project_qc
 
     try:
         keys = [image_key(p, images) for p in list_images(images) if not p.is_relative_to(work)]

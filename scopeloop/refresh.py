@@ -7,7 +7,7 @@
 * deep: fine-tune the backbone (GPU when present), then re-embed everything in the new
   embedding space; on demand, from Label Studio's "Start training" button, and nightly.
 
-Quality and safe promotion (trainer.estimate): the quick head is fit on every label; its
+Quality and safe promotion (trainer.stats.estimate): the quick head is fit on every label; its
 quality is the k-fold cross-validated estimate (out-of-fold predictions, 95% interval, n, or
 "not enough labels yet"). The candidate replaces the current model unless it is worse with
 confidence: both recipes (the candidate's labels, the current model's stored training labels)
@@ -18,103 +18,50 @@ last KEEP_CANDIDATES candidates are kept (every served version stays, for rollba
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from trainer.space import DEFAULT_FEATURES, space_id_of
-from trainer.workspace import Workspace, read_json, write_json_atomic
+from scopeloop.loop.deep import FINETUNE_AFTER_SSL_MIN_LABELS, SSL_EPOCHS_GPU, fixed_split
+from scopeloop.loop.push_sizing import head_size, labeling_rate, push_number, refresh_interval
+from scopeloop.loop.versions import KEEP_CANDIDATES, TRAINING_LABELS, current_head, link_or_copy
+from trainer.store.atomic import atomic_path, write_json_atomic
+from trainer.store.space import DEFAULT_FEATURES, space_id_of
+from trainer.store.workspace import Workspace, model_settings, read_json
 
 GATE_TOLERANCE = float(os.environ.get("SCOPELOOP_GATE_TOLERANCE", "0.02"))
 RANK_BUDGET = int(os.environ.get("SCOPELOOP_RANK_BUDGET", "50"))
-# Label Studio's work per refresh is bounded by what annotators reach, not by the pool. It
-# deletes predictions one row at a time (~17 ms each on SQLite; 100,000 on PostgreSQL took over
-# 25 minutes, docs/benchmarks.md) and imports 100,000 in ~3 minutes, so EVERY refresh (quick,
-# deep, nightly) pushes only the head of the new order: labels per hour (measured on the label
-# snapshot) x hours until the next push replaces it (measured on refresh_history.jsonl) x a
-# margin, between a floor and a cap (`head_size`). Only pushed predictions are ever pruned. The
-# full prediction table stays in the work directory (predictions/<version>.npz, the export); a
-# task outside the head is pre-annotated when opened: Label Studio asks the backend's /predict,
-# which serves it from that table (ml_backend.labelstudio.LabelStudioClient.setup_ordering).
-PUSH_FLOOR = int(os.environ.get("SCOPELOOP_PUSH_FLOOR", "300"))      # tasks, at least
-PUSH_CAP = int(os.environ.get("SCOPELOOP_PUSH_CAP", "3000"))         # tasks, at most
-PUSH_MARGIN = float(os.environ.get("SCOPELOOP_PUSH_MARGIN", "2"))    # x (rate x interval)
-PUSH_MIN_INTERVAL_S = float(os.environ.get("SCOPELOOP_PUSH_MIN_INTERVAL_S", "600"))
-RATE_WINDOW = 200        # most recent annotations the labeling rate is measured on
-PAUSE_S = 4 * 3600       # a longer gap between refreshes (or labels) is a pause, not labeling time
-MIN_LABEL_GAP_S = 1.0    # annotations closer than this were imported in bulk, not labeled by hand
-VAL_SHARE = 5  # deep refresh: one image in five (by key hash) validates the fine-tune
-KEEP_CANDIDATES = int(os.environ.get("SCOPELOOP_KEEP_CANDIDATES", "3"))  # held-back versions kept
-# the deep refresh on a GPU: self-supervised epochs over the pool (trainer.ssl), and the label
-# count from which a supervised fine-tune follows it (below it, the adapted space alone; see
-# Refresher._deep_finetune and docs/benchmarks.md "Self-supervised adaptation")
-SSL_EPOCHS_GPU = 40
-FINETUNE_AFTER_SSL_MIN_LABELS = 1000
-TRAINING_LABELS = "training_labels.json"  # {image key: class} a version was trained on (the gate refits its recipe)
-
-
-def is_validation(key: str) -> bool:
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % VAL_SHARE == 0
-
-
-def fixed_split(keys: list[str], labels: list[int]) -> tuple[list[int], list[int]]:
-    """Rows (train, val): val by key hash, but never a class's only training examples."""
-    val = [i for i, k in enumerate(keys) if is_validation(k)]
-    counts = np.bincount(labels) if labels else np.zeros(0, int)
-    val = [i for i in val if counts[labels[i]] >= 3]
-    vs = set(val)
-    return [i for i in range(len(keys)) if i not in vs], val
-
-
-def _link_or_copy(src, dst) -> None:
-    """Hard link (no extra disk) when on one file system, else a copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        import shutil
-
-        shutil.copy2(src, dst)
-
-
-def _current_head(ws: Workspace):
-    """The current model's linear head and its embedding space (None before any model)."""
-    import torch
-
-    from trainer.head import LinearHead
-
-    path = ws.registry.current_path()
-    if path is None:
-        return None, None
-    sd = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
-    cfg = json.loads((path / "config.json").read_text())
-    head = LinearHead(sd["weight"].numpy(), sd["bias"].numpy())
-    return head, read_json(path / "provenance.json", {}).get("embedding_space") or space_id_of(cfg)
 
 
 def _space_id(cfg: dict, finetuned_from: str | None) -> str:
-    """The project's embedding space (trainer.space: backbone, size, channels, reading settings, features)."""
+    """The project's embedding space (trainer.store.space: backbone, size, channels, reading settings, features)."""
     return space_id_of(cfg, finetuned_from, default_features=DEFAULT_FEATURES)
 
 
 class Refresher:
-    """Runs refreshes for one project; the Label Studio client is injected (tests, CLI)."""
+    """Runs refreshes for one project; the Label Studio client is injected (tests, CLI).
+
+    `run` strings the seams together; each is public so tests and tools replace one step, never
+    a private method: `backbone` (the network defining the space), `deep_finetune` (the deep
+    refresh: self-supervised adaptation and/or fine-tune), `embed_all` (the pool in the current
+    space), `train_and_gate` (fit, estimate, gate, publish), `rank` (the sampler and the QC
+    order), `push` (the head of the order to Label Studio), `prune` (old pushed predictions).
+    Push sizing, the deep-refresh rules and model versions live in `scopeloop.loop`.
+    """
 
     chunk_queue = None  # rq.Queue whose workers help embed (set by refresh_job; None: embed here only)
 
     def __init__(self, ws: Workspace, client, device: str | None = None, log=print):
         self.ws, self.client, self.log = ws, client, log
-        self.pick_reasons: dict[int, str] = {}  # row -> why the sampler picked it (set by _rank)
+        self.pick_reasons: dict[int, str] = {}  # row -> why the sampler picked it (set by rank)
         self.device = device
         p = ws.project
         self.classes: list[str] = p["classes"]
-        self.model_cfg = p.get("model", {"backbone": "tf_efficientnet_lite0", "weights": "imagenet",
-                                         "image_size": 224, "channels": None})
-        from trainer.images import reader_of
+        self.model_cfg = model_settings(p)
+        from trainer.io.settings import reader_of
 
         # how every image of the project is read (stack, time point, normalisation, channels; set at init)
         self.reader = reader_of(self.model_cfg)
@@ -126,16 +73,18 @@ class Refresher:
         ft = p.get("finetuned_backbone")
         return _space_id(self.model_cfg, p.get("finetuned_version") if ft else None), (Path(ft) if ft else None)
 
-    def _backbone(self, weights_file: Path | None):
-        from trainer.backbone import create_backbone
+    def backbone(self, weights_file: Path | None):
+        """(network, preprocessing, weights source) of the space: built from the same settings as
+        the chunk workers' embedder (trainer.models.embedding_jobs.embedder_settings)."""
+        from trainer.models.backbone import create_backbone
+        from trainer.models.embedding_jobs import embedder_settings
 
-        return create_backbone(self.model_cfg["backbone"],
-                               str(weights_file) if weights_file else self.model_cfg.get("weights", "imagenet"),
-                               self.model_cfg.get("features", DEFAULT_FEATURES))
+        s = embedder_settings(self.model_cfg, weights_file, DEFAULT_FEATURES)
+        return create_backbone(s["backbone"], s["weights"], s["features"])
 
     def embed_all(self, keys: list[str]) -> tuple[list[str], np.ndarray]:
         """Embeddings of every task image in the current space (new images only are computed)."""
-        from trainer.inference import run_model
+        from trainer.models.inference import run_model
 
         space, weights_file = self.space()
         root = self.ws.images_root
@@ -144,12 +93,12 @@ class Refresher:
 
         def embed(paths):
             if "m" not in net:
-                net["m"] = self._backbone(weights_file)
+                net["m"] = self.backbone(weights_file)
             m, pre, _ = net["m"]
             return run_model(m, paths, self.model_cfg["image_size"], pre.mean, pre.std,
                              self.reader, device=self._torch_device(), desc="embedding")
 
-        from trainer.embedding_jobs import for_project  # chunks: resumable, shared with other workers
+        from trainer.models.embedding_jobs import for_project  # chunks: resumable, shared with other workers
 
         chunked = for_project(cache.root, embed, self.model_cfg, weights_file, self.chunk_queue, self.log, DEFAULT_FEATURES)
         # only the keys not cached yet are handed over (with their paths): making 100,000 paths
@@ -166,7 +115,7 @@ class Refresher:
     def _torch_device(self):
         import torch
 
-        from trainer.inference import default_device
+        from trainer.models.inference import default_device
 
         return torch.device(self.device) if self.device else default_device()
 
@@ -182,7 +131,7 @@ class Refresher:
 
     # ---------------------------------------------------------------- the refresh
     def run(self, kind: str = "quick", full_sync: bool | None = None) -> dict:
-        from ml_backend.sync import labels_by_key, sync_labels
+        from ml_backend.labelstudio.sync import labels_by_key, sync_labels
 
         t0 = time.time()
         pid = self.ws.project["ls_project_id"]
@@ -193,8 +142,8 @@ class Refresher:
         labels = {k: v for k, v in labels_by_key(snapshot).items() if v in self.classes and k in task_ids}
         t_sync = time.time()
         # self-supervised adaptation needs no label: the first nightly adapts the space before labeling
-        if kind == "deep" and (len(set(labels.values())) >= 2 or self._ssl_epochs() > 0):
-            self._deep_finetune(labels, sorted(task_ids))
+        if kind == "deep" and (len(set(labels.values())) >= 2 or self.ssl_epochs() > 0):
+            self.deep_finetune(labels, sorted(task_ids))
         keys, emb = self.embed_all(sorted(task_ids))
         row = {k: i for i, k in enumerate(keys)}
         t_embed = time.time()
@@ -203,7 +152,7 @@ class Refresher:
         outcome = {"kind": kind, "labels": len(lab_keys), "images": len(keys)}
         probs, version = None, self.ws.registry.current()
         if len(set(y)) >= 2:
-            version, probs, gate = self._train_and_gate(kind, lab_keys, y, emb[[row[k] for k in lab_keys]], emb, keys)
+            version, probs, gate = self.train_and_gate(kind, lab_keys, y, emb[[row[k] for k in lab_keys]], emb, keys)
             outcome.update(gate)
         else:
             outcome["note"] = "fewer than 2 classes labeled: no model yet, cold-start order"
@@ -211,27 +160,27 @@ class Refresher:
         labeled = np.zeros(len(keys), bool)
         labeled[[row[k] for k in lab_keys]] = True
         # issue 14: images answered "unusable image" leave the queue like labeled ones (never a class)
-        from ml_backend.qc_tasks import publish_verdicts
-        from ml_backend.sync import unusable_keys
+        from ml_backend.labelstudio.qc_tasks import publish_verdicts
+        from ml_backend.labelstudio.sync import unusable_keys
 
         gone = [row[k] for k in unusable_keys(snapshot) if k in row]
         labeled[gone] = True
         outcome["unusable"] = len(gone)
 
-        order = self._rank(emb, probs, labeled, keys)
+        order = self.rank(emb, probs, labeled, keys)
         t_rank = time.time()
         # issue 14: image quality verdicts that changed (new images, embeddings) shown in Label Studio
         outcome["qc_written"] = publish_verdicts(self.client, pid, self.ws.root, task_ids, log=self.log)["updated"]
         t_qc = time.time()
         sizing = head_size(len(order), labeling_rate(snapshot), refresh_interval(self.ws.root / "refresh_history.jsonl"))
-        from ml_backend.labelstudio import LabelStudioError
+        from ml_backend.labelstudio.client import LabelStudioError
 
         try:
-            pushed = self._push(keys, task_ids, probs, order, order[:sizing["head"]], version)
+            pushed = self.push(keys, task_ids, probs, order, order[:sizing["head"]], version)
         except LabelStudioError as exc:  # e.g. a task deleted and another added: the same count
             self.log(f"push failed ({type(exc).__name__}: {str(exc)[:200]}); re-listing the tasks and pushing again")
             task_ids = self.task_ids(pid, refresh=True)
-            pushed = self._push(keys, task_ids, probs, order, order[:sizing["head"]], version)
+            pushed = self.push(keys, task_ids, probs, order, order[:sizing["head"]], version)
         outcome.update(pushed)
         outcome["push"] = sizing
         outcome["seconds"] = {"sync": round(t_sync - t0, 2), "embed": round(t_embed - t_sync, 2),
@@ -244,7 +193,7 @@ class Refresher:
             f.write(json.dumps(outcome) + "\n")
         return outcome
 
-    def _train_and_gate(self, kind, lab_keys, y, X, emb_all, all_keys=None):
+    def train_and_gate(self, kind, lab_keys, y, X, emb_all, all_keys=None):
         """Fit the candidate on every label, estimate it out-of-fold, gate it against the current model.
 
         The candidate and the current model are compared as *recipes* on the same images and
@@ -257,13 +206,14 @@ class Refresher:
         labeled class lies wholly below -GATE_TOLERANCE, or when training failed (macro-F1 of both
         is reported alongside; on a few dozen images it moves in steps too coarse to decide on).
         """
-        from trainer.estimate import FOLDS, assign_folds, cv_inflation, estimate, headline, out_of_fold_proba
-        from trainer.head import fit_head
+        from trainer.models.cross_validation import out_of_fold_proba
+        from trainer.models.head import fit_head
+        from trainer.stats.estimate import FOLDS, assign_folds, cv_inflation, estimate, headline
 
         yv = np.asarray(y, dtype=int)
         C = len(self.classes)
         space, _ = self.space()
-        cur_head, cur_space = _current_head(self.ws)
+        cur_head, cur_space = current_head(self.ws)
         groups = self._groups(lab_keys)
         folds = assign_folds(yv, FOLDS, groups)
         k = int(folds.max()) + 1
@@ -330,16 +280,13 @@ class Refresher:
         one slide never judge each other. None without a pattern."""
         import re
 
+        from trainer.io.groups import group_of
+
         pattern = self.ws.project.get("group_pattern")
         if not pattern:
             return None
         rx = re.compile(pattern)
-
-        def group(key):
-            m = rx.search(Path(key).name)
-            return m.group(m.lastindex or 0) if m else key
-
-        return np.array([group(k) for k in lab_keys])
+        return np.array([group_of(k, rx, unmatched="own-key") for k in lab_keys])
 
     def _judgeable(self, lab_keys) -> np.ndarray:
         """Images an out-of-fold estimate may judge: not those a fine-tuned backbone trained on
@@ -350,8 +297,9 @@ class Refresher:
 
     def _compare_with_current(self, lab_keys, yv, X, folds, oof, ok, cur_space, space, all_keys, emb_all, groups=None):
         """Paired out-of-fold comparison of the candidate with the current model's recipe (see
-        `_train_and_gate`); None when the current model has no stored training labels."""
-        from trainer.estimate import out_of_fold_proba, paired_difference, paired_probability_difference
+        `train_and_gate`); None when the current model has no stored training labels."""
+        from trainer.models.cross_validation import out_of_fold_proba
+        from trainer.stats.estimate import paired_difference, paired_probability_difference
 
         cur = self.ws.registry.current()
         old = {key: self.classes.index(c) for key, c in self.ws.registry.read_json(cur, TRAINING_LABELS).items()
@@ -391,10 +339,11 @@ class Refresher:
         out-of-fold judgement); returns (version, held-back candidates pruned)."""
         from types import SimpleNamespace
 
-        from trainer.estimate import headline
-        from trainer.metrics import classification_metrics, write_qc
-        from trainer.model import ScopeModel
-        from trainer.ood import build_reference
+        from trainer.models.model import ScopeModel
+        from trainer.models.training_qc import write_qc
+        from trainer.stats.estimate import headline
+        from trainer.stats.metrics import classification_metrics
+        from trainer.stats.ood import build_reference
 
         space, weights_file = self.space()
         cfg = self._model_config(weights_file)
@@ -416,7 +365,7 @@ class Refresher:
         with reg.staging() as tmp:
             model.save(tmp)
             if weights_file is not None:
-                _link_or_copy(weights_file, tmp / "backbone.pt")
+                link_or_copy(weights_file, tmp / "backbone.pt")
             write_qc(tmp, metrics, getattr(head, "history", []) or [], getattr(head, "best_epoch", None))
             build_reference(X, yv).save(tmp)  # for out-of-distribution flags
             write_json_atomic(tmp / TRAINING_LABELS, {key: self.classes[int(c)] for key, c in zip(lab_keys, yv)})
@@ -433,8 +382,8 @@ class Refresher:
     def _model_config(self, weights_file):
         """The ModelConfig of a new version: the current version's when it used the same backbone
         and weights (no need to build the network to learn its normalisation), else from the backbone."""
-        from trainer.images import reader_of
-        from trainer.model import ModelConfig
+        from trainer.io.settings import reader_of
+        from trainer.models.model import ModelConfig
 
         source = f"file {weights_file}" if weights_file else None
         path = self.ws.registry.current_path()
@@ -447,17 +396,17 @@ class Refresher:
             if same and cur.get("weights_source") and (source is None) == (not (path / "backbone.pt").is_file()) \
                     and (source is None or cur["weights_source"] == source):
                 return ModelConfig(**dict(cur, classes=list(self.classes)))
-        _, pre, src = self._backbone(weights_file)
-        return ModelConfig(self.classes, self.model_cfg["backbone"], self.model_cfg.get("weights", "imagenet"),
-                           self.model_cfg["image_size"], self.model_cfg.get("channels"), list(pre.mean), list(pre.std), src,
-                           features=self.model_cfg.get("features", DEFAULT_FEATURES),
+        _, pre, src = self.backbone(weights_file)
+        return ModelConfig(self.classes, self.model_cfg["backbone"], self.model_cfg["weights"],
+                           self.model_cfg["image_size"], self.model_cfg["channels"], list(pre.mean), list(pre.std), src,
+                           features=self.model_cfg["features"],
                            preprocessing=self.model_cfg.get("preprocessing"))
 
-    def _self_supervised(self, pool_keys: list[str], epochs: int) -> Path:
-        """Adapt the backbone to the project's own images (trainer.ssl); returns its file."""
-        from trainer.ssl import SSLConfig, adapt, save_backbone
+    def self_supervised(self, pool_keys: list[str], epochs: int) -> Path:
+        """Adapt the backbone to the project's own images (trainer.models.ssl); returns its file."""
+        from trainer.models.ssl import SSLConfig, adapt, save_backbone
 
-        net, pre, _ = self._backbone(None)
+        net, pre, _ = self.backbone(None)
         cfg = SSLConfig(epochs=epochs, device=self.device,
                         max_images=int(os.environ.get("SCOPELOOP_SSL_MAX_IMAGES", "20000")))
         res = adapt(net, [self.ws.images_root / k for k in pool_keys], self.model_cfg["image_size"], pre.mean, pre.std,
@@ -467,7 +416,7 @@ class Refresher:
                                          "views_per_second": round(res.images_per_second, 1), "backbone": path.name})
         return path
 
-    def _ssl_epochs(self) -> int:
+    def ssl_epochs(self) -> int:
         """SCOPELOOP_SSL_EPOCHS: "auto" (default) = SSL_EPOCHS_GPU on a CUDA device, 0 on CPU
         (a 2-core CPU needs hours for what a GPU does in minutes); a number forces it."""
         value = os.environ.get("SCOPELOOP_SSL_EPOCHS", "auto").strip().lower() or "auto"
@@ -483,22 +432,22 @@ class Refresher:
             return 0
         return SSL_EPOCHS_GPU
 
-    def _deep_finetune(self, labels: dict, pool_keys: list[str] | None = None) -> None:
+    def deep_finetune(self, labels: dict, pool_keys: list[str] | None = None) -> None:
         """A new embedding space for the deep refresh: the backbone adapted to the lab's images.
 
-        With self-supervised adaptation (trainer.ssl; by default on a GPU) the adapted backbone
+        With self-supervised adaptation (trainer.models.ssl; by default on a GPU) the adapted backbone
         itself is the new space: measured on bccd_wbc and pbc_blood (docs/benchmarks.md), the
         head on it beats the head on ImageNet features at every label count, and beat a
         supervised fine-tune at 100 labels, which was unstable from one label draw to the next;
         the supervised fine-tune follows only from FINETUNE_AFTER_SSL_MIN_LABELS labels on.
         Without SSL, the backbone is fine-tuned on all labels (as before)."""
-        from trainer.training import TrainConfig, train
+        from trainer.models.training import TrainConfig, train
 
         keys = sorted(labels)
         root = self.ws.images_root
-        ssl_epochs = self._ssl_epochs()
-        start = (str(self._self_supervised(pool_keys or keys, ssl_epochs)) if ssl_epochs > 0
-                 else self.model_cfg.get("weights", "imagenet"))
+        ssl_epochs = self.ssl_epochs()
+        start = (str(self.self_supervised(pool_keys or keys, ssl_epochs)) if ssl_epochs > 0
+                 else self.model_cfg["weights"])
         if ssl_epochs > 0 and len(keys) < FINETUNE_AFTER_SSL_MIN_LABELS:
             # learned from no label: every label may judge it (empty list of training keys)
             write_json_atomic(Path(start).with_suffix(".keys.json"), [])
@@ -508,8 +457,8 @@ class Refresher:
                      f"{Path(start).name} (supervised fine-tune from {FINETUNE_AFTER_SSL_MIN_LABELS} labels on)")
             return
         cfg = TrainConfig(backbone=self.model_cfg["backbone"], weights=start,
-                          mode="full", image_size=self.model_cfg["image_size"], channels=self.model_cfg.get("channels"),
-                          features=self.model_cfg.get("features", DEFAULT_FEATURES),
+                          mode="full", image_size=self.model_cfg["image_size"], channels=self.model_cfg["channels"],
+                          features=self.model_cfg["features"],
                           preprocessing=self.model_cfg.get("preprocessing"),
                           epochs=int(os.environ.get("SCOPELOOP_DEEP_EPOCHS", "10")), device=self.device)
         y = [self.classes.index(labels[k]) for k in keys]
@@ -521,18 +470,17 @@ class Refresher:
         out.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = out / f"backbone-{stamp}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(res.model.net.backbone.state_dict(), tmp)
         # the images this backbone learned from: quality estimates in its space leave them out
         write_json_atomic(path.with_suffix(".keys.json"), [keys[i] for i in split[0]])
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(res.model.net.backbone.state_dict(), tmp)
         self.ws.update_project(finetuned_backbone=str(path), finetuned_version=stamp,
                                last_deep={"labels": len(keys), "metrics": res.metrics.get("validation", {}).get("macro_f1"),
                                           "epochs": len(res.history), "best_epoch": res.best_epoch})
         self.log(f"deep refresh: backbone fine-tuned on {len(keys)} labels -> {path.name}")
 
     # ---------------------------------------------------------------- ordering
-    def _rank(self, emb, probs, labeled, keys) -> np.ndarray:
+    def rank(self, emb, probs, labeled, keys) -> np.ndarray:
         """Unlabeled rows, best to label first: the sampler's picks, then by uncertainty."""
         import sampler
 
@@ -546,17 +494,17 @@ class Refresher:
         chosen = set(head)
         rest = np.array([r for r in unl if r not in chosen], dtype=np.int64)
         if len(rest) and probs is not None:
-            p = np.sort(probs[rest], 1)
-            margin = p[:, -1] - (p[:, -2] if p.shape[1] > 1 else 0)
-            rest = rest[np.argsort(margin, kind="stable")]
+            from sampler.uncertainty import top2_gap
+
+            rest = rest[np.argsort(top2_gap(probs[rest]), kind="stable")]
         self.ws.update_status(last_picks=[{"key": p.key, "row": p.row, "score": p.score, "reason": p.reason} for p in picks[:20]])
         order = np.concatenate([np.asarray(head, dtype=np.int64), rest])
-        from trainer.quality import rank_with_qc  # blank, out-of-focus, ... images leave the head (issue 14)
+        from trainer.quality.project import rank_with_qc  # blank, out-of-focus, ... images leave the head (issue 14)
 
         return rank_with_qc(self.ws.root, self.ws.images_root, order, keys, emb, log=self.log)
 
-    def _push(self, keys, task_ids, probs, order, push_order, version) -> dict:
-        from ml_backend.labelstudio import PredictionRow
+    def push(self, keys, task_ids, probs, order, push_order, version) -> dict:
+        from ml_backend.labelstudio.client import PredictionRow
 
         pid = self.ws.project["ls_project_id"]
         rank = np.full(len(keys), -1, dtype=np.int64)
@@ -594,97 +542,20 @@ class Refresher:
         live = self.ws.status.get("ls_model_version")
         if not live:
             return {"pruned": 0, "prune_seconds": 0.0}
-        live_n = _push_number(live)
+        live_n = push_number(live)
         stale = [v for v in self.client.model_versions(pid)
-                 if v != live and (_push_number(v) is None or _push_number(v) < live_n)]
+                 if v != live and (push_number(v) is None or push_number(v) < live_n)]
         n = sum(self.client.delete_model_version(pid, v) for v in stale)
         return {"pruned": n, "prune_seconds": round(time.time() - t0, 2)}
 
 
-def _epoch(value) -> float | None:
-    """An annotation time as Label Studio writes it (ISO 8601, maybe with Z) -> epoch seconds."""
-    from datetime import datetime, timezone
-
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def labeling_rate(snapshot: dict, window: int = RATE_WINDOW) -> float:
-    """Labels per hour while annotators work, from the label snapshot (ml_backend.sync).
-
-    The `window` most recent annotations (all annotators together) are sorted by creation time;
-    the rate is the number of gaps between them over their summed length, counting only gaps
-    between MIN_LABEL_GAP_S (closer: imported in bulk) and PAUSE_S (longer: nobody was labeling).
-    0.0 with fewer than two such gaps."""
-    times = sorted(t for task in (snapshot or {}).get("tasks", {}).values()
-                   for a in task.get("annotations") or [] if (t := _epoch(a.get("created_at"))) is not None)
-    gaps = [g for g in np.diff(times[-window:]) if MIN_LABEL_GAP_S <= g <= PAUSE_S]
-    return 3600.0 * len(gaps) / float(sum(gaps)) if len(gaps) >= 2 else 0.0
-
-
-def refresh_interval(history_path, entries: int = 50) -> float:
-    """Seconds until the next push replaces this one, from the project's refresh_history.jsonl:
-    the longest of the last `entries` gaps between refreshes that ended (gaps over PAUSE_S are
-    pauses) and of their durations (annotators label the previous head while a deep refresh
-    runs), at least PUSH_MIN_INTERVAL_S. A missing or unreadable history gives that minimum."""
-    lines: list[str] = []
-    try:
-        with open(history_path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 256 * 1024))  # the tail is enough: the file only grows
-            lines = f.read().decode("utf-8", "replace").splitlines()[-entries:]
-    except OSError:
-        pass
-    done, longest = [], 0.0
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("finished"), (int, float)):
-            done.append(float(rec["finished"]))
-            longest = max(longest, float((rec.get("seconds") or {}).get("total") or 0.0))
-    gaps = [g for g in np.diff(sorted(done)) if g <= PAUSE_S]
-    return max([PUSH_MIN_INTERVAL_S, longest, *gaps])
-
-
-def head_size(unlabeled: int, rate_per_hour: float, interval_s: float, *, floor: int | None = None,
-              cap: int | None = None, margin: float | None = None) -> dict:
-    """How many tasks of the new order a refresh pushes to Label Studio: what annotators reach
-    before the next push, ceil(rate x interval x margin), between `floor` and `cap` (defaults:
-    SCOPELOOP_PUSH_FLOOR / _CAP / _MARGIN), never more than the `unlabeled` tasks there are.
-
-    Returns {"head": int, "rate_per_hour", "interval_s", "reach", "floor", "cap"} (recorded
-    with the refresh outcome)."""
-    floor = PUSH_FLOOR if floor is None else floor
-    cap = PUSH_CAP if cap is None else cap
-    margin = PUSH_MARGIN if margin is None else margin
-    reach = int(np.ceil(max(rate_per_hour, 0.0) * max(interval_s, 0.0) / 3600.0 * margin))
-    head = max(0, min(unlabeled, max(floor, min(cap, reach))))
-    return {"head": head, "rate_per_hour": round(rate_per_hour, 1), "interval_s": round(interval_s, 1),
-            "reach": reach, "floor": floor, "cap": cap}
-
-
-def _push_number(ls_version: str) -> int | None:
-    """scopeloop-v003-00012 -> 12 (None for a version name that is not one of our pushes)."""
-    tail = ls_version.rsplit("-", 1)[-1]
-    return int(tail) if ls_version.startswith("scopeloop-v") and tail.isdigit() else None
-
-
 def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
     """The RQ job: take the project's lock, then refresh; marks the label generation covered."""
+    import torch
     from rq import get_current_job
 
-    from ml_backend.labelstudio import LabelStudioClient
     from ml_backend.queue import RefreshQueue
     from scopeloop.settings import load_settings
-
-    import torch
 
     torch.set_flush_denormal(True)  # long-lived workers drift slower without it (ENVIRONMENT.md)
     settings = load_settings()
@@ -694,7 +565,7 @@ def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
         q.release_pending(root, kind, job.id)
         q.mark_started(root, kind)
         gen = q.generation(root)
-        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+        client = settings.label_studio_client()
         ws = Workspace(Path(root))
         refresher = Refresher(ws, client, device=settings.device or None)
         refresher.chunk_queue = q.queue_for("deep")  # embedding chunks: to GPU workers (the GPU queue)
@@ -717,7 +588,6 @@ def prune_job(root: str) -> dict:
     """Delete superseded predictions in Label Studio (see Refresher.prune: no lock needed)."""
     from rq import get_current_job
 
-    from ml_backend.labelstudio import LabelStudioClient
     from ml_backend.queue import RefreshQueue
     from scopeloop.settings import load_settings
 
@@ -725,7 +595,7 @@ def prune_job(root: str) -> dict:
     job = get_current_job()
     q = RefreshQueue(job.connection)
     q.release_pending(root, "prune", job.id)
-    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    client = settings.label_studio_client()
     out = Refresher(Workspace(Path(root)), client).prune()
     Workspace(Path(root)).update_status(last_prune=dict(out, finished=time.time()))
     return out

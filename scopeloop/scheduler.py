@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ml_backend.queue import RefreshQueue
+from trainer.store.workspace import project_dirs
 
 
 def nightly_time(now: float, at: str) -> float:
@@ -37,7 +38,7 @@ class Scheduler:
     def tick(self) -> list[str]:
         now = self.clock()
         if self.home is not None:  # projects on disk, even if Redis lost its memory
-            self.queue.register(p.parent for p in Path(self.home).glob("projects/*/project.json"))
+            self.queue.register(project_dirs(self.home))
         queued = self.queue.recover()
         for root in self.queue.projects():
             jid = self._nightly(root, now)
@@ -71,8 +72,8 @@ class Scheduler:
         return None
 
     def _check_missed_labels(self, root: str) -> str | None:
-        from ml_backend.sync import annotation_count
-        from trainer.workspace import Workspace
+        from ml_backend.labelstudio.sync import annotation_count
+        from trainer.store.workspace import Workspace
 
         ws = Workspace(Path(root))
         pid = ws.project.get("ls_project_id")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from ml_backend.ls_server import port_in_use, stop_process_group
+from ml_backend.labelstudio.server import port_in_use, stop_process_group
 
 
 class ServiceError(RuntimeError):
@@ -152,9 +152,9 @@ def service_env(settings, **extra) -> dict:
 
 
 def start_backend(settings, port: int, log_dir: Path) -> ChildProcess:
-    """The ML backend (Flask app ml_backend.wsgi:app) on 127.0.0.1:port; waits for /health."""
+    """The ML backend (Flask app scopeloop.wsgi:app) on 127.0.0.1:port; waits for /health."""
     require_free_port(port, "the ML backend", "--backend-port")
-    child = ChildProcess("ml-backend", [sys.executable, "-m", "flask", "--app", "ml_backend.wsgi:app", "run",
+    child = ChildProcess("ml-backend", [sys.executable, "-m", "flask", "--app", "scopeloop.wsgi:app", "run",
                                         "--host", "127.0.0.1", "--port", str(port), "--no-reload"],
                          service_env(settings), log_dir / "ml-backend.log").start()
     deadline = time.monotonic() + 60

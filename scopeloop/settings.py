@@ -24,12 +24,21 @@ class Settings:
     backend_token: str = field(default_factory=lambda: _env("SCOPELOOP_BACKEND_TOKEN", ""))
     device: str = field(default_factory=lambda: _env("SCOPELOOP_DEVICE", ""))
 
+    def label_studio_client(self, timeout: float = 300.0):
+        """The Label Studio API client for these settings (the one place it is built from them);
+        `timeout` in s per request."""
+        from ml_backend.labelstudio.client import LabelStudioClient
+
+        return LabelStudioClient(self.label_studio_url, self.label_studio_api_key, timeout=timeout)
+
     def project_dir(self, name: str) -> Path:
-        return self.home / "projects" / name
+        return self.home / "projects" / name  # trainer.store.workspace.PROJECTS_DIR
 
     def project_names(self) -> list[str]:
         """Names of the projects made by `scopeloop init` / `scopeloop demo` under home."""
-        return sorted(p.parent.name for p in self.home.glob("projects/*/project.json"))
+        from trainer.store.workspace import project_dirs
+
+        return [d.name for d in project_dirs(self.home)]
 
     def existing_project(self, name: str | None = None) -> Path:
         """The work directory of project `name`; with no name (or the old default name

@@ -69,28 +69,27 @@ def worker_queues(spec: str | None = None, gpu: bool | None = None, device: str 
 
 
 def _scheduler_main(settings: Settings, tick_s: float) -> None:
-    from ml_backend.labelstudio import LabelStudioClient
     from ml_backend.queue import RefreshQueue
     from scopeloop.scheduler import Scheduler
 
     sched = Scheduler(RefreshQueue(connect_redis(settings.redis_url, timeout=30)), home=settings.home,
-                      client_factory=lambda: LabelStudioClient(settings.label_studio_url,
-                                                               settings.label_studio_api_key, timeout=10))
+                      client_factory=lambda: settings.label_studio_client(timeout=10))
     sched.run_forever(every_s=tick_s)
 
 
 def preload_refresh_code() -> None:
     """Import, once in the parent, what every forked refresh job needs (module docstring): no
     torch operation runs here, so no thread pool exists at fork time."""
-    import ml_backend.labelstudio  # noqa: F401
+    import matplotlib
+    import torch._dynamo  # noqa: F401  (a job's first optimizer step imports it: ~1.6 s of every quick refresh)
+
+    import ml_backend.labelstudio.client  # noqa: F401
     import sampler  # noqa: F401
     import scopeloop.refresh  # noqa: F401
-    import trainer.head  # noqa: F401
-    import trainer.model  # noqa: F401
-    import torch._dynamo  # noqa: F401  (a job's first optimizer step imports it: ~1.6 s of every quick refresh)
-    import matplotlib
+    import trainer.models.head  # noqa: F401
+    import trainer.models.model  # noqa: F401
 
-    matplotlib.use("Agg")  # what trainer.metrics uses for a version's QC plots (~0.8 s to import)
+    matplotlib.use("Agg")  # what trainer.models.training_qc uses for a version's QC plots (~0.8 s to import)
     import matplotlib.pyplot  # noqa: F401
 
 

@@ -6,7 +6,7 @@
 Images: the dev set (tests/data/bccd_wbc, 351 crops) linked `--images` times under distinct names
 (real JPEG decoding, no generated data). A private embedded Redis; helper workers are `rq`
 workers in their own processes (as `scopeloop worker` runs them: one forked job per chunk, which
-builds its network from `trainer.embedding_jobs.backbone_embedder`). Each configuration starts
+builds its network from `trainer.models.embedding_jobs.backbone_embedder`). Each configuration starts
 from an empty chunk folder. `threads` is torch's per process: on a 2-core machine one process
 with 2 threads and two processes with 1 thread each use the same cores. Prints a markdown table
 and JSON.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 WORKER = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[3]))
-import trainer.embedding_jobs, trainer.backbone, trainer.inference  # loaded once, shared by forked jobs
+import trainer.models.embedding_jobs, trainer.models.backbone, trainer.models.inference  # loaded once, shared by forked jobs
 from redis import Redis
 from rq import Worker
 Worker([sys.argv[2]], connection=Redis.from_url(sys.argv[1]), name=sys.argv[4]).work(logging_level="WARNING")
@@ -50,11 +50,10 @@ def main() -> int:
     from rq import Queue, Worker
 
     from scopeloop.services import EmbeddedRedis
-    from tests.dev_data import BCCD
-    from trainer.embedding_jobs import ChunkedEmbedder, backbone_embedder
-    from trainer.images import list_images
+    from trainer.io.folders import list_images
+    from trainer.models.embedding_jobs import ChunkedEmbedder, backbone_embedder
 
-    src = list_images(BCCD)
+    src = list_images(Path(__file__).resolve().parents[1] / "tests" / "data" / "bccd_wbc")  # the dev crops in the clone
     tmp = Path(tempfile.mkdtemp(prefix="bench-chunks-"))
     imgs = tmp / "images"
     imgs.mkdir()

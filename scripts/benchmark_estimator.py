@@ -1,10 +1,10 @@
-"""Coverage of the quality estimator's 95% intervals (trainer.estimate) on synthetic projects.
+"""Coverage of the quality estimator's 95% intervals (trainer.stats.estimate) on synthetic projects.
 
 Each repetition draws a labeled set of --n images from 3 Gaussian classes (d = --dim, class
 shares 0.5/0.3/0.2), runs the estimator (5-fold cross-validation with the chosen learner) and
 checks whether its intervals contain the *true* scores of the model fit on all --n labels,
 measured on 20,000 fresh images. Reported for the raw intervals and for the default ones (with
-the cross-validation variance correction, trainer.estimate.cv_inflation).
+the cross-validation variance correction, trainer.stats.estimate.cv_inflation).
 
     python scripts/benchmark_estimator.py --reps 100 --learner head   # the quick head (slow on CPU)
     python scripts/benchmark_estimator.py --reps 200 --learner mean   # nearest class mean (fast)
@@ -27,13 +27,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--learner", choices=["head", "mean"], default="head")
     a = ap.parse_args(argv)
 
-    from trainer.estimate import METRICS, _scores, cross_validate
-    from trainer.metrics import confusion_matrix
+    from trainer.models.cross_validation import cross_validate
+    from trainer.stats.estimate import METRICS
+    from trainer.stats.metrics import confusion_matrix
+    from trainer.stats.metrics import scores_from_confusions as _scores
 
     if a.learner == "head":
-        from trainer.head import fit_head as fit
+        from trainer.models.head import fit_head as fit
     else:
-        from tests.trainer.test_estimate import _fit as fit
+        from trainer.models.nearest_mean import fit_nearest_mean as fit
     centres = np.random.default_rng(123).normal(0, 1, (3, a.dim)) * a.separation
 
     def draw(rng, m):

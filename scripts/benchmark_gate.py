@@ -28,9 +28,9 @@ def main(argv=None) -> dict:
 
     from scopeloop.demo import SAMPLE
     from scopeloop.refresh import Refresher
-    from trainer.estimate import headline
-    from trainer.images import image_key, scan_imagefolder
-    from trainer.workspace import Workspace
+    from trainer.io.folders import image_key, scan_imagefolder
+    from trainer.stats.estimate import headline
+    from trainer.store.workspace import Workspace
 
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="gate-bench-"))
@@ -54,13 +54,13 @@ def main(argv=None) -> dict:
     held, diffs = 0, []
     for seed in range(a.seeds):
         r, _ = fresh(f"scramble{seed}")
-        r._train_and_gate("quick", lab, y, X, emb, keys)
+        r.train_and_gate("quick", lab, y, X, emb, keys)
         rng = np.random.default_rng(seed)
         idx = rng.choice(len(y), int(a.share * len(y)), replace=False)
         y_bad = list(y)
         for i, j in zip(idx, rng.permutation(idx)):
             y_bad[i] = y[j]
-        _, _, gate = r._train_and_gate("quick", lab, y_bad, X, emb, keys)
+        _, _, gate = r.train_and_gate("quick", lab, y_bad, X, emb, keys)
         held += not gate["promoted"]
         c = gate["comparison"]
         diffs.append({"seed": seed, "held_back": not gate["promoted"], "n": c["n"], "diff": round(c["diff"], 3),
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     promoted, lines = [], []
     for step in range(a.replay + 1):
         ls = sorted(labeled)
-        version, probs, gate = r._train_and_gate("quick", ls, [classes.index(truth[k]) for k in ls],
+        version, probs, gate = r.train_and_gate("quick", ls, [classes.index(truth[k]) for k in ls],
                                                  emb[[row[k] for k in ls]], emb, keys)
         lines.append(headline(ws.registry.read_json(ws.registry.current(), "metrics.json")["estimate"]))
         if step:
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
             break
         mask = np.zeros(len(keys), bool)
         mask[[row[k] for k in labeled]] = True
-        labeled.append(keys[r._rank(emb, probs, mask, keys)[0]])
+        labeled.append(keys[r.rank(emb, probs, mask, keys)[0]])
     out = {"scrambled_held_back": f"{held}/{a.seeds}", "scrambles": diffs,
            "replay_promoted": f"{sum(promoted)}/{len(promoted)}", "status_before": lines[0], "status_after": lines[-1],
            "versions_kept": len(ws.registry.versions()), "versions_published": len(ws.registry.version_log()),

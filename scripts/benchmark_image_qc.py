@@ -22,7 +22,7 @@ For every --data folder (e.g. an ImageFolder of real microscopy crops), each rou
     Defect files are named `zz_qc_<kind>_<n>` so they sort after their source: a duplicate is
     reported as the copy of its source, never the other way round,
   * embeds every image with the product's default backbone (tf_efficientnet_lite0 at 224 px,
-    cached by file content in --work), runs `trainer.quality.assess` with the default settings,
+    cached by file content in --work), runs `trainer.quality.assess.assess` with the default settings,
   * counts, per defect kind: recall (the expected verdict) with a Wilson 95 % interval and the
     number of images, and the false-flag rate on the clean images (any verdict but ok).
 
@@ -84,8 +84,8 @@ def _named(stem: Path, suffix: str) -> Path:
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
-    from PIL import Image
     import tifffile
+    from PIL import Image
 
     if arr.dtype == np.uint8:
         Image.fromarray(arr).save(_named(path, ".png"))
@@ -99,7 +99,8 @@ def _top(arr: np.ndarray) -> float:
 
 def _blur(raw: np.ndarray, sigma: float, rng) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
-    from trainer.quality import grey_plane, immerkaer_noise
+
+    from trainer.quality.pixels import grey_plane, immerkaer_noise
 
     noise = immerkaer_noise(grey_plane(raw)[0])
     a = raw.astype(np.float32)
@@ -111,7 +112,8 @@ def _blur(raw: np.ndarray, sigma: float, rng) -> np.ndarray:
 def _disk(raw: np.ndarray, radius: int, rng) -> np.ndarray:
     """Pillbox (geometric defocus) blur of `radius` px, camera-like noise added back."""
     from scipy.ndimage import convolve
-    from trainer.quality import grey_plane, immerkaer_noise
+
+    from trainer.quality.pixels import grey_plane, immerkaer_noise
 
     noise = immerkaer_noise(grey_plane(raw)[0])
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
@@ -130,7 +132,8 @@ def _blank(raw: np.ndarray) -> np.ndarray:
     noise, compression at the native pixel scale); a 3 % linear illumination gradient across
     the field is added (vignetting)."""
     from scipy.ndimage import gaussian_filter
-    from trainer.quality import grey_plane
+
+    from trainer.quality.pixels import grey_plane
 
     g = grey_plane(raw)[0]
     h, w = g.shape
@@ -168,7 +171,8 @@ def _shift(raw: np.ndarray) -> np.ndarray:
 
 def make_defect(kind: str, src: Path, dst_stem: Path, rng) -> Path:
     from PIL import Image
-    from trainer.images import read_raw
+
+    from trainer.io.decode import read_raw
 
     if kind == "dup_exact":
         dst = _named(dst_stem, src.suffix.lower())
@@ -202,7 +206,7 @@ def make_defect(kind: str, src: Path, dst_stem: Path, rng) -> Path:
 
 def build_round(clean: list[Path], data_root: Path, folder: Path, fraction: float, rng) -> dict:
     """Folder with links to the clean images plus the defects; {key: (kind, source key)}."""
-    from trainer.images import image_key
+    from trainer.io.folders import image_key
 
     if folder.exists():
         shutil.rmtree(folder)
@@ -225,7 +229,7 @@ def build_round(clean: list[Path], data_root: Path, folder: Path, fraction: floa
 
 def embed_cached(paths: list[Path], cache_file: Path) -> tuple[np.ndarray, float, int]:
     """Embeddings of `paths` (rows in order), the seconds spent embedding new files, how many."""
-    from trainer.inference import embed_paths
+    from trainer.models.inference import embed_paths
 
     cache = {}
     if cache_file.is_file():
@@ -397,8 +401,9 @@ def montage(report, folder: Path, path: Path, per: int = 6, size: int = 96) -> P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from trainer.images import read_image
-    from trainer.quality import VERDICTS
+
+    from trainer.io.read import read_image
+    from trainer.quality.settings import VERDICTS
 
     rows = [v for v in VERDICTS if any(r.verdict == v for r in report.results)]
     fig, axes = plt.subplots(len(rows), per, figsize=(per * 1.6, len(rows) * 1.85), squeeze=False)
@@ -432,8 +437,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-embed", action="store_true", help="skip embeddings (near duplicates, unusual not judged)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from trainer.images import list_images
-    from trainer.quality import QCSettings, assess, write_csv
+    from trainer.io.folders import list_images
+    from trainer.quality.assess import assess, write_csv
+    from trainer.quality.settings import QCSettings
 
     settings = QCSettings()
     out = Path(args.out)

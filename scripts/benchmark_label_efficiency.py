@@ -39,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 # (rounds were 10x slower). Tiny fits do not need threads anyway.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import sampler  # noqa: E402  - first: sets OPENBLAS_CORETYPE before faiss loads
 import numpy as np  # noqa: E402
+
+import sampler  # noqa: E402  - first: sets OPENBLAS_CORETYPE before faiss loads
 
 # ----------------------------------------------------------------------------- data set
 
@@ -128,10 +129,10 @@ def embed_dataset(root, out, backbone, image_size, channels=None, weights="image
     """Both embeddings of every image (cached: <out>/embeddings.npz, or embeddings-<file stem>.npz
     for a weights file; raw pooled blocks of the two orientations):
     ({"final": (N, D), "multiscale": (N, D')}, labels, keys, classes, skipped)."""
-    from trainer.backbone import create_backbone
-    from trainer.features import combine
-    from trainer.images import image_key, scan_imagefolder
-    from trainer.inference import run_model
+    from trainer.io.folders import image_key, scan_imagefolder
+    from trainer.models.backbone import create_backbone
+    from trainer.models.features import combine
+    from trainer.models.inference import run_model
 
     items, classes = scan_imagefolder(root)
     keys = [image_key(p, root) for p, _ in items]
@@ -203,21 +204,21 @@ def stratified_split(y, test_frac, seed, notes):
 
 
 RECIPES = {
-    "head": ("final", "today's quick head, the reference: trainer.head.fit_head (linear, class-balanced) on "
+    "head": ("final", "today's quick head, the reference: trainer.models.head.fit_head (linear, class-balanced) on "
                       "the frozen backbone's pre-logits embedding"),
-    "multiscale": ("multiscale", "the same head on the multiscale embedding (trainer.features: last two stages + "
+    "multiscale": ("multiscale", "the same head on the multiscale embedding (trainer.models.features: last two stages + "
                                  "pre-logits, two orientations)"),
     "ssl": ("ssl", "the multiscale head on the embedding of a self-supervised adapted backbone (--ssl-weights FILE, "
-                   "made by scripts/benchmark_ssl.py: trainer.ssl on the whole set, no labels)"),
+                   "made by scripts/benchmark_ssl.py: trainer.models.ssl on the whole set, no labels)"),
     "multiscale+self": ("multiscale", "multiscale, plus one round of class-balanced self-training on the pool "
-                                      "(fit_head X_unlabeled: trainer.head.pseudo_labels)"),
+                                      "(fit_head X_unlabeled: trainer.models.head.pseudo_labels)"),
 }
-DEFAULT_RECIPE = "multiscale"  # what scopeloop's quick refresh runs (trainer.features.DEFAULT_FEATURES)
+DEFAULT_RECIPE = "multiscale"  # what scopeloop's quick refresh runs (trainer.models.features.DEFAULT_FEATURES)
 
 
 def recipe_fit(name, n_classes, seed):
     """fit(X_labeled, y, X_unlabeled) -> head for the named recipe; the same for every strategy."""
-    from trainer.head import fit_head
+    from trainer.models.head import fit_head
 
     if name.endswith("+self"):
         return lambda X, y, Xu: fit_head(X, y, n_classes, seed=seed, X_unlabeled=Xu)

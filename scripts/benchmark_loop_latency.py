@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 def build_pool(src: Path, dst: Path, n: int) -> None:
     """n images as symlinks to the dev set's crops, class folders kept (labels = folder)."""
-    from trainer.images import scan_imagefolder
+    from trainer.io.folders import scan_imagefolder
 
     items, _ = scan_imagefolder(src)
     if dst.is_dir() and sum(1 for _ in dst.rglob("*.jpg")) == n:
@@ -51,8 +51,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "test-artifacts" / "loop_latency.json"))
     args = ap.parse_args()
 
-    from ml_backend.labelstudio import LabelStudioClient
-    from ml_backend.ls_server import LabelStudioServer, free_port
+    from ml_backend.labelstudio.client import LabelStudioClient
+    from ml_backend.labelstudio.server import LabelStudioServer, free_port
     from ml_backend.queue import RefreshQueue, connect_redis
     from scopeloop import projects
     from scopeloop.services import EmbeddedRedis, start_backend, start_worker

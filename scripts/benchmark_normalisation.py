@@ -9,14 +9,14 @@ Each image also gets a plate exposure gain drawn from 0.8-1.25 (drift between pl
 offset and noise are fixed, so a dim nucleus is also a noisier one after a per-image stretch;
 `--equal-snr` scales offset and noise with brightness too, leaving brightness the only cue.
 
-Options (each read exactly as the product reads it, `trainer.images`):
+Options (each read exactly as the product reads it, `trainer.io`):
   per-image     the 0.5-99.8 percentile stretch of each image (the default)
   per-dataset   one fixed range per channel from a sample of the pool (`dataset_ranges`)
   bit-depth     a fixed /4095 (`estimate_bit_depth` finds 12 bits)
   both          R and B per-image, G the per-dataset mapping (a single channel leaves two of the
                 backbone's three inputs as copies: one can carry the fixed range)
 
-Frozen ImageNet tf_efficientnet_lite0 embeddings, a linear head (`trainer.head.fit_head`) on
+Frozen ImageNet tf_efficientnet_lite0 embeddings, a linear head (`trainer.models.head.fit_head`) on
 k labeled images per class, macro-F1 on a fixed held-out half, mean and 95 % interval
 (t-based) over seeds; paired difference to per-image per seed.
 
@@ -75,7 +75,7 @@ def make_set(root: Path, n_per_class: int, seed: int = 0, size: int = 96,
 def embed(paths, option: str, prep, size: int, net, mean, std) -> np.ndarray:
     import torch
 
-    from trainer.images import load_for_model
+    from trainer.io.read import load_for_model
 
     out = []
     m = torch.tensor(mean).view(1, 3, 1, 1)
@@ -128,9 +128,10 @@ def main() -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    from trainer.backbone import create_backbone
-    from trainer.head import fit_head
-    from trainer.images import Preprocessing, dataset_ranges, estimate_bit_depth
+    from trainer.io.normalise import dataset_ranges, estimate_bit_depth
+    from trainer.io.settings import Preprocessing
+    from trainer.models.backbone import create_backbone
+    from trainer.models.head import fit_head
 
     t0 = time.time()
     tmp = tempfile.TemporaryDirectory(prefix="scopeloop_norm_")

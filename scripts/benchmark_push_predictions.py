@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from label_config import build_config  # noqa: E402
-from ml_backend.labelstudio import LabelStudioClient, PredictionRow  # noqa: E402
-from ml_backend.ls_server import LabelStudioServer, free_port  # noqa: E402
+from ml_backend.labelstudio.client import LabelStudioClient, PredictionRow  # noqa: E402
+from ml_backend.labelstudio.server import LabelStudioServer, free_port  # noqa: E402
 
 CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 

@@ -3,7 +3,7 @@
 whole file to take one plane).
 
 Writes an uncompressed OME BigTIFF of T x Z x H x W uint16 (default 16 x 8 x 2048 x 2048 = 1 GiB)
-into --dir, then in fresh child processes reads it with `trainer.images.read_raw` under three
+into --dir, then in fresh child processes reads it with `trainer.io.decode.read_raw` under three
 stack settings and reports each child's peak RSS (ru_maxrss) and time, next to the file size and
 a child that reads the whole file with `tifffile.imread` for comparison.
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from trainer.images import read_raw
+from trainer.io.decode import read_raw
 import tifffile
 mode, path = sys.argv[1], sys.argv[2]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

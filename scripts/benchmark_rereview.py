@@ -1,7 +1,7 @@
 """Precision of the report's "candidates for re-review" on the bundled demo sample.
 
 All 51 sample images labeled correctly, then --flips labels changed on purpose (to another
-class, seeded); the report's out-of-fold re-review list (trainer.report.out_of_fold +
+class, seeded); the report's out-of-fold re-review list (trainer.models.cross_validation.out_of_fold +
 contradicted) is computed from the 224 px embeddings. Reports how many flipped labels are in
 its top 10 (precision at 10) and where each flipped label ranks, over --seeds scrambles.
 
@@ -26,9 +26,10 @@ def main(argv=None) -> dict:
 
     from scopeloop.demo import SAMPLE
     from scopeloop.refresh import Refresher
-    from trainer.images import image_key, scan_imagefolder
-    from trainer.report import contradicted, out_of_fold
-    from trainer.workspace import Workspace
+    from trainer.io.folders import image_key, scan_imagefolder
+    from trainer.models.cross_validation import out_of_fold
+    from trainer.reports.analysis import contradicted
+    from trainer.store.workspace import Workspace
 
     t0 = time.time()
     items, classes = scan_imagefolder(SAMPLE)

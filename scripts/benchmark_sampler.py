@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import sampler  # noqa: E402  - before numpy/faiss: sets OPENBLAS_CORETYPE
 import numpy as np  # noqa: E402
+
+import sampler  # noqa: E402  - before numpy/faiss: sets OPENBLAS_CORETYPE
 
 
 def peak_rss_bytes() -> int:

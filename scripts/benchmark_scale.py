@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from ml_backend.ls_server import LabelStudioServer, free_port  # noqa: E402
+from ml_backend.labelstudio.server import LabelStudioServer, free_port  # noqa: E402
 
 CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres"}
@@ -128,8 +128,9 @@ def pct(values, q) -> float | None:
 
 
 def run(args) -> dict:
-    from ml_backend.labelstudio import LabelStudioClient
-    from scopeloop import projects, refresh
+    from ml_backend.labelstudio.client import LabelStudioClient
+    from scopeloop import projects
+    from scopeloop.loop import push_sizing
     from scopeloop.refresh import Refresher
     from scopeloop.services import EmbeddedRedis, start_backend
     from scopeloop.settings import Settings
@@ -189,7 +190,7 @@ def run(args) -> dict:
         pid = ws.project["ls_project_id"]
         r = Refresher(ws, client, log=lambda *_: None)
         ws.embeddings(r.space()[0])._save(keys, emb)  # precomputed: nothing to embed
-        r._deep_finetune = lambda labels, pool_keys=None: None  # GPU work: skipped (this refresher only)
+        r.deep_finetune = lambda labels, pool_keys=None: None  # GPU work: skipped (this refresher only)
         task_of = r.task_ids(pid)  # the map init wrote from its import (no listing)
         out["db_mb_after_init"] = db_size_mb()
 
@@ -292,7 +293,7 @@ def run(args) -> dict:
         out["peak_rss_mb"] = {"refresh_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                               "ml_backend": vm_hwm_mb(backend.proc.pid) if getattr(backend, "proc", None) else None,
                               "label_studio": tree_hwm_mb(ls.proc.pid) if ls.proc else None}
-        out["push_settings"] = {"floor": refresh.PUSH_FLOOR, "cap": refresh.PUSH_CAP, "margin": refresh.PUSH_MARGIN}
+        out["push_settings"] = {"floor": push_sizing.PUSH_FLOOR, "cap": push_sizing.PUSH_CAP, "margin": push_sizing.PUSH_MARGIN}
         if args.postgres:  # where the database's size is (issue 16: flat across refreshes?)
             out["db_tables_mb"] = {
                 name: round(int(size) / 2**20, 1) for name, size in
@@ -335,7 +336,7 @@ def run_sampler_only(args) -> dict:
     (sampler.index: IVF above 200,000) and, with --qc-scores, the quality pass's neighbour search."""
     import sampler
     from sampler.index import EmbeddingIndex
-    from trainer.head import fit_head
+    from trainer.models.head import fit_head
 
     out: dict = {"images": args.images, "dim": args.dim, "mode": "sampler-only",
                  "skipped": ["Label Studio, init, push and prune (see the full mode)", "images (embeddings only)"],
@@ -386,7 +387,7 @@ def run_sampler_only(args) -> dict:
     timed("index_search_1000x10_s", lambda: idx.search(q, 10))
     del idx
     if args.qc_scores:
-        from trainer.quality import embedding_scores
+        from trainer.quality.embedding_scores import embedding_scores
 
         es = timed("qc_embedding_scores_s", lambda: embedding_scores(emb, keys))
         out["qc_index"] = es["index"]

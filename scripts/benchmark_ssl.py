@@ -3,16 +3,16 @@
 
 What it measures, in one run (CUDA when present; the same code runs slowly on CPU for a check):
 
-1. SSL training step speed: SimCLR on the multiscale embedder (trainer.ssl's loss and head),
+1. SSL training step speed: SimCLR on the multiscale embedder (trainer.models.ssl's loss and head),
    synthetic batches already on the device, at several batch sizes, with AMP (fp16 autocast)
    and channels_last on and off: views per second (2 views per image), steady state.
-2. Embedding speed: the refresh's embed step (`trainer.inference.run_model`, read + decode +
+2. Embedding speed: the refresh's embed step (`trainer.models.inference.run_model`, read + decode +
    multiscale model) over each data set: images per second, decode included.
-3. Per data set (`--data`, ImageFolder): `trainer.ssl.adapt` from the shipped ImageNet weights on
+3. Per data set (`--data`, ImageFolder): `trainer.models.ssl.adapt` from the shipped ImageNet weights on
    every image of the set (no labels used) for `--epochs`; the adapted backbone is written as an
    fp16 state dict `<out>/<set>-ssl-e<E>.pt` (checkpoints also at `--save-at` epochs), read by
    `scripts/benchmark_label_efficiency.py --ssl-weights FILE --recipes head,multiscale,ssl`.
-4. Supervised fine-tune (the deep refresh's `trainer.training.train(mode="full")`) on `--ft-labels`
+4. Supervised fine-tune (the deep refresh's `trainer.models.training.train(mode="full")`) on `--ft-labels`
    random labels per set and seed, starting from ImageNet or from the adapted backbone, against
    the linear head on each frozen space; macro-F1 on the benchmark's stratified 30% test split.
    Runs while `--budget-s` lasts (seed-major, so a cut run keeps balanced pairs).
@@ -53,9 +53,9 @@ def save(out, results):
 
 def step_speed(weights, size, device, batches, repeats=8):
     """Views/s of one SimCLR step (forward both views, NT-Xent, backward, AdamW) on device tensors."""
-    from trainer.backbone import create_backbone
-    from trainer.inference import autocast
-    from trainer.ssl import _lightly
+    from trainer.models.backbone import create_backbone
+    from trainer.models.inference import autocast
+    from trainer.models.ssl import _lightly
 
     NTXentLoss, Head = _lightly()
     rows = []
@@ -131,10 +131,10 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "test-artifacts" / "ssl"))
     args = ap.parse_args()
 
-    from trainer.backbone import create_backbone
-    from trainer.images import scan_imagefolder
-    from trainer.inference import default_device, run_model
-    from trainer.ssl import SSLConfig, adapt
+    from trainer.io.folders import scan_imagefolder
+    from trainer.models.backbone import create_backbone
+    from trainer.models.inference import default_device, run_model
+    from trainer.models.ssl import SSLConfig, adapt
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def main():
     ft_labels = [int(n) for n in args.ft_labels.split(",") if n]
     if not ft_labels:
         return
-    from trainer.training import TrainConfig, train
+    from trainer.models.training import TrainConfig, train
 
     le = load_script("benchmark_label_efficiency")
     for seed in range(args.ft_seeds):

@@ -5,7 +5,7 @@
              work a loader worker does), serial, one process, one torch thread: per-core cost
   model    : bare backbone forward on in-memory tensors (a real preprocessed batch repeated),
              channels_last, torch.no_grad, all torch threads
-  pipeline : `trainer.inference.run_model` over the image paths (DataLoader + workers + model),
+  pipeline : `trainer.models.inference.run_model` over the image paths (DataLoader + workers + model),
              timed end to end (worker start-up and first-batch latency included)
 
 ratio = pipeline / model, the issue's target: >= 0.85 on CPU (loading must not be the bottleneck).
@@ -52,6 +52,7 @@ def _patch_main_threads():
     """run_model on CPU with workers: torch threads in the main process = cores - workers
     (the decoders get their own cores instead of preempting the model's OpenMP threads)."""
     import torch
+
     from trainer import inference
 
     orig = inference.run_model
@@ -80,7 +81,7 @@ VARIANTS = {
     "w2": {"workers": 2},
     "t1": {"pipeline": [_patch_main_threads]},
     "passive": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}},
-    # the embedding itself (trainer/features.py): "baseline" runs the pre-logits ("final")
+    # the embedding itself (trainer/models/features.py): "baseline" runs the pre-logits ("final")
     # embedding; this one the default "multiscale" (two orientations): its pipeline img/s over
     # baseline's, in the same repeat, is the embedding's cost per image (issue 15: <= 2x)
     "multiscale": {"features": "multiscale"},
@@ -118,7 +119,7 @@ def child(spec: dict) -> dict:
     import trainer  # noqa: F401  (torchvision shim before timm)
 
     apply_variant(spec["variant"], spec["phase"])
-    from trainer.data import ImageDataset, collate_skipping
+    from trainer.models.data import ImageDataset, collate_skipping
 
     paths = _load_paths(spec)
     size, bs, phase = spec["size"], spec["batch_size"], spec["phase"]
@@ -136,7 +137,7 @@ def child(spec: dict) -> dict:
         res.update(seconds=dt, images_per_s=len(ds) / dt, cpu_ms_per_image=1000 * dc / len(ds))
         return res
 
-    from trainer.backbone import create_backbone
+    from trainer.models.backbone import create_backbone
 
     try:
         net, pre, source = create_backbone(spec["model"], "imagenet", spec.get("features", "final"))
@@ -158,7 +159,7 @@ def child(spec: dict) -> dict:
         return time.perf_counter() - t, _cpu() - c
 
     if phase == "pair":  # bare model, pipeline, bare model: the ratio uses the mean of both model runs
-        from trainer.inference import loader_workers, run_model
+        from trainer.models.inference import loader_workers, run_model
 
         n_batches = max(1, len(paths) // bs // 2)
         m1, mc1 = bare_model(n_batches)
@@ -191,7 +192,7 @@ def run_child(spec: dict) -> dict:
 # ============================================================ data
 
 def jpeg_paths(images: str) -> list[str]:
-    from trainer.images import list_images
+    from trainer.io.folders import list_images
 
     return [str(p) for p in list_images(images)]
 
@@ -264,7 +265,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--n", type=int, default=1024, help="paths per phase (the image list is replicated)")
     ap.add_argument("--workers", type=int, default=None,
-                    help="DataLoader workers for the pipeline (default: trainer.inference.loader_workers())")
+                    help="DataLoader workers for the pipeline (default: trainer.models.inference.loader_workers())")
     ap.add_argument("--main-threads", type=int, default=None, help="torch threads in the main process (default: torch's)")
     ap.add_argument("--formats", default="jpeg,tiff,lzw,stack",
                     help="comma list from: jpeg, tiff, lzw (LZW-compressed TIFF), stack (5-plane ImageJ Z-stack)")

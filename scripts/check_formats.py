@@ -31,7 +31,8 @@ def _sizes(axes: str, shape) -> dict:
 
 
 def check(folder: Path, size: int = 224):
-    from trainer.images import ImageReadError, describe, load_for_model
+    from trainer.io.errors import ImageReadError
+    from trainer.io.read import describe, load_for_model
 
     rows, tiles = [], []
     for r in csv.DictReader(open(folder / "manifest.csv")):

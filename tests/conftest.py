@@ -28,9 +28,9 @@ def label_studio():
     """A real Label Studio 1.23.2 on a free port, for the whole test session.
 
     Local-files root is "/" so tests can serve images from anywhere (tmp dirs, the repo's data).
-    Yields the running `ml_backend.ls_server.LabelStudioServer` (`.url`, `.token`).
+    Yields the running `ml_backend.labelstudio.server.LabelStudioServer` (`.url`, `.token`).
     """
-    from ml_backend.ls_server import LabelStudioServer, free_port
+    from ml_backend.labelstudio.server import LabelStudioServer, free_port
 
     server = LabelStudioServer(data_dir=TEST_LS_DIR, document_root=Path("/"), port=free_port())
     server.start()

@@ -36,14 +36,14 @@ import pytest
 from PIL import Image
 
 from label_config import QC_NOTE_FIELD, UNUSABLE, build_config
-from ml_backend.labelstudio import LabelStudioClient, PredictionRow, local_files_url
-from tests.browser import (artifacts, chromium_page, login, save_artifacts,
-                           skip_module_without_browser)
+from ml_backend.labelstudio.client import LabelStudioClient, PredictionRow, local_files_url
+from tests.browser import artifacts, chromium_page, login, save_artifacts, skip_module_without_browser
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 skip_module_without_browser()   # no Playwright / Chromium: skip before Label Studio starts
 
 from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+
 BCCD = _DEV_DATA
 DOCUMENT_ROOT = Path("/")   # the fixture's LOCAL_FILES_DOCUMENT_ROOT
 CLASSES = ["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]

@@ -16,8 +16,8 @@ import pytest
 import requests
 from PIL import Image
 
-from ml_backend.labelstudio import LabelStudioClient
-from ml_backend.ls_server import free_port
+from ml_backend.labelstudio.client import LabelStudioClient
+from ml_backend.labelstudio.server import free_port
 from scopeloop.demo import run_demo
 from scopeloop.settings import Settings
 from tests.dev_data import BCCD

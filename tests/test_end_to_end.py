@@ -14,20 +14,20 @@ import signal
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from redis import Redis
 
-from ml_backend.labelstudio import LabelStudioClient
+from ml_backend.labelstudio.client import LabelStudioClient
+from ml_backend.labelstudio.server import free_port
 from ml_backend.queue import RefreshQueue
 from scopeloop import projects
-from ml_backend.ls_server import free_port
 from scopeloop.services import start_backend, start_worker
 from scopeloop.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+
 BCCD = _DEV_DATA
 FAST = {"SCOPELOOP_LOCK_TTL": "4", "SCOPELOOP_SCHEDULER_TICK": "1", "SCOPELOOP_DEEP_MIN_NEW": "0",
         "SCOPELOOP_DEEP_EPOCHS": "2"}

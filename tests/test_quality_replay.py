@@ -11,15 +11,15 @@ import uuid
 import pytest
 from redis import Redis
 
-from ml_backend.labelstudio import LabelStudioClient
-from ml_backend.ls_server import free_port
+from ml_backend.labelstudio.client import LabelStudioClient
+from ml_backend.labelstudio.server import free_port
 from ml_backend.queue import RefreshQueue
 from scopeloop import projects
 from scopeloop.demo import SAMPLE, _starter_labels
 from scopeloop.services import start_backend, start_worker
 from scopeloop.settings import Settings
 from tests.test_end_to_end import FAST, label_next, settled, wait_for
-from trainer.estimate import from_metrics, headline
+from trainer.stats.estimate import from_metrics, headline
 
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+
 BCCD = _DEV_DATA
 BCCD_CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 
 
 @pytest.fixture(scope="session")
 def ls_client(label_studio):
-    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.labelstudio.client import LabelStudioClient
     return LabelStudioClient(label_studio.url, label_studio.token)
 
 

@@ -1,5 +1,5 @@
 """Issue 11, failure 11: the exported annotator field read " admin@scopeloop.local, 1"."""
-from ml_backend.labelstudio import annotator_name, task_record
+from ml_backend.labelstudio.client import annotator_name, task_record
 
 
 def test_annotator_is_the_users_name_only():

@@ -17,9 +17,17 @@ from rq import Queue
 
 from ml_backend.queue import project_id
 from scopeloop.settings import Settings
-from tests.ml_backend.test_predictor import (CLASSES, LS_PROJECT_ID, N_CACHED, choice, lite_config,  # noqa: F401
-                                             project, task, trained_base)
-from trainer.workspace import Workspace
+from tests.ml_backend.test_predictor import (  # noqa: F401
+    CLASSES,
+    LS_PROJECT_ID,
+    N_CACHED,
+    choice,
+    lite_config,
+    project,
+    task,
+    trained_base,
+)
+from trainer.store.workspace import Workspace
 
 LS_TS = "1732300000"
 
@@ -389,8 +397,8 @@ def test_wsgi_module_builds_app(monkeypatch, tmp_path):
     import sys
 
     monkeypatch.setenv("SCOPELOOP_HOME", str(tmp_path))
-    sys.modules.pop("ml_backend.wsgi", None)
-    wsgi = importlib.import_module("ml_backend.wsgi")
+    sys.modules.pop("scopeloop.wsgi", None)
+    wsgi = importlib.import_module("scopeloop.wsgi")
     assert wsgi.app.test_client().get("/health").get_json()["status"] == "UP"
     assert json.loads(wsgi.app.test_client().post("/setup", json=setup_body()).data)["model_version"] == "untrained"
 
@@ -405,7 +413,7 @@ def test_with_real_label_studio(ls_client, project, make_app, project_title, red
 
     from werkzeug.serving import make_server
 
-    from ml_backend.labelstudio import local_files_url
+    from ml_backend.labelstudio.client import local_files_url
 
     app = make_app()
     server = make_server("127.0.0.1", 0, app, threaded=True)

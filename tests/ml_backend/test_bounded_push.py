@@ -71,19 +71,19 @@ def _total_predictions(client, pid) -> int:
 
 def test_refreshes_push_and_prune_the_head_only(ls_client, project_title, pool, backend, monkeypatch):
     from label_config import build_config
-    from ml_backend.labelstudio import local_files_url
-    from scopeloop import refresh
+    from ml_backend.labelstudio.client import local_files_url
+    from scopeloop.loop import push_sizing
     from scopeloop.refresh import Refresher
-    from trainer.workspace import Workspace
+    from trainer.store.workspace import Workspace
 
     images, keys, emb, truth = pool
     home, backend_url = backend
-    monkeypatch.setattr(refresh, "PUSH_FLOOR", HEAD, raising=False)
-    monkeypatch.setattr(refresh, "PUSH_CAP", 1000, raising=False)
-    monkeypatch.setattr(Refresher, "_deep_finetune", lambda self, labels, pool_keys=None: None)
+    monkeypatch.setattr(push_sizing, "PUSH_FLOOR", HEAD)
+    monkeypatch.setattr(push_sizing, "PUSH_CAP", 1000)
+    monkeypatch.setattr(Refresher, "deep_finetune", lambda self, labels, pool_keys=None: None)
     # image-quality verdicts of generated noise are not what this test is about: none are written
     # to the tasks (each write is a ~0.2 s task update in Label Studio)
-    monkeypatch.setattr("ml_backend.qc_tasks.MAX_UPDATES", 0)
+    monkeypatch.setattr("ml_backend.labelstudio.qc_tasks.MAX_UPDATES", 0)
 
     pid = ls_client.create_project(project_title, build_config(CLASSES))
     ids = ls_client.import_tasks(pid, [{"image": local_files_url(str(images / k).lstrip("/")), "key": k}

@@ -39,15 +39,15 @@ def test_loop_on_postgresql(tmp_path):
     if why:
         pytest.skip(f"{OPT_IN} is set but PostgreSQL is not reachable: {why}")
     head = 200
-    from scopeloop import refresh
+    from scopeloop.loop import push_sizing
 
-    saved = refresh.PUSH_FLOOR
-    refresh.PUSH_FLOOR = head
+    saved = push_sizing.PUSH_FLOOR
+    push_sizing.PUSH_FLOOR = head
     try:
         out = bench.run(bench.parse_args(["--images", "600", "--postgres", "--refreshes", "4", "--deep-every", "2",
                                           "--dim", "32", "--open-outside", "3", "--workdir", str(tmp_path)]))
     finally:
-        refresh.PUSH_FLOOR = saved
+        push_sizing.PUSH_FLOOR = saved
     assert out["database"] == "postgresql" and out["tasks_created"] == 600
     assert all(r["pushed"] == head for r in out["refreshes"]), out["refreshes"]
     # the new head and the previous one at most, until the prune: never the pool

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.workspace import Workspace
-
 from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+from trainer.store.workspace import Workspace
+
 BCCD = _DEV_DATA
 CLASSES = ["Eosinophil", "Lymphocyte", "Neutrophil"]
 PER_CLASS = 5
@@ -26,8 +26,8 @@ _BUILT: dict = {}      # one trained workspace per session, even when two module
 
 
 def _build(base: Path) -> dict:
-    from trainer.inference import run_model
-    from trainer.training import TrainConfig, save_version, train
+    from trainer.models.inference import run_model
+    from trainer.models.training import TrainConfig, save_version, train
 
     if not BCCD.is_dir():
         pytest.fail(f"dev data set missing at {BCCD}")
@@ -128,12 +128,12 @@ def test_cached_and_computed_predictions(project):
 
 
 def test_computed_predictions_are_remembered(project, monkeypatch):
-    import trainer.inference
+    import trainer.models.inference
     from ml_backend.predictor import Predictor
 
     calls = []
-    real = trainer.inference.run_model
-    monkeypatch.setattr(trainer.inference, "run_model", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    real = trainer.models.inference.run_model
+    monkeypatch.setattr(trainer.models.inference, "run_model", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     p = Predictor(project["ws"])
     tasks = [task(i, k) for i, k in enumerate(project["keys"][N_CACHED:])]
     first = p.predict(tasks, lite_config())
@@ -283,9 +283,9 @@ def test_awkward_file_names_are_decoded_once_and_predicted(project):
     a prediction, whether it names its image by `data.key` or only by the local-files URL."""
     import os
 
-    from ml_backend.labelstudio import local_files_url
+    from ml_backend.labelstudio.client import local_files_url
     from ml_backend.predictor import Predictor
-    from trainer.images import image_key
+    from trainer.io.folders import image_key
 
     images = project["images"]
     src = images / project["keys"][-1]

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+
 DEV = _DEV_DATA
 
 

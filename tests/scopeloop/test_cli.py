@@ -1,7 +1,7 @@
 """The command line: help everywhere, and user mistakes as one clear line (exit 2), never a traceback."""
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 

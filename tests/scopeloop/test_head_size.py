@@ -1,7 +1,7 @@
 """How many tasks a refresh pushes to Label Studio: labeling rate x refresh interval (issue 16)."""
 import json
 
-from scopeloop.refresh import PAUSE_S, PUSH_MIN_INTERVAL_S, head_size, labeling_rate, refresh_interval
+from scopeloop.loop.push_sizing import PAUSE_S, PUSH_MIN_INTERVAL_S, head_size, labeling_rate, refresh_interval
 
 
 def _snapshot(times):

@@ -34,7 +34,7 @@ def _png(label_studio, url):
 
 
 def test_init_reading_settings_planes_and_per_dataset(label_studio, tmp_path, monkeypatch, capsys):
-    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.labelstudio.client import LabelStudioClient
 
     monkeypatch.setenv("LOCAL_FILES_DOCUMENT_ROOT", "/")
     monkeypatch.setenv("SCOPELOOP_HOME", str(tmp_path / "home"))

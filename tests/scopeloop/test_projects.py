@@ -35,7 +35,7 @@ def image_folder(root: Path, n: int = 3) -> Path:
 
 def every_image_loads(ls_url: str, token: str, project_id: int) -> int:
     """GET every task's image through Label Studio's own URL; returns how many decoded."""
-    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.labelstudio.client import LabelStudioClient
 
     client = LabelStudioClient(ls_url, token)
     n = 0
@@ -49,7 +49,7 @@ def every_image_loads(ls_url: str, token: str, project_id: int) -> int:
 
 @pytest.fixture(scope="module")
 def ls_client(label_studio):
-    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.labelstudio.client import LabelStudioClient
 
     return LabelStudioClient(label_studio.url, label_studio.token)
 

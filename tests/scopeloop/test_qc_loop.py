@@ -31,7 +31,7 @@ def settings(label_studio, tmp_path, monkeypatch):
 
 @pytest.fixture
 def qc_project(settings, tmp_path):
-    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.labelstudio.client import LabelStudioClient
 
     images = tmp_path / f"qc-{uuid.uuid4().hex[:8]}"
     shutil.copytree(QC, images, ignore=shutil.ignore_patterns("*.py"))
@@ -120,7 +120,7 @@ def test_flagged_out_of_the_order_verdict_in_task_data_unusable_leaves_the_queue
 
     # ---- a new image arrives (init again on the folder, as a lab adds images): judged before its
     # import, the worker's verdicts (judged with embeddings) are not overwritten by init's
-    from trainer.quality import QC_DIR
+    from trainer.quality.project import QC_DIR
 
     images = Path(ws.project["images_root"])
     shutil.copy(images / "blank_01.png", images / "zz_new_blank.png")

@@ -4,12 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from scopeloop.refresh import Refresher, fixed_split, is_validation
-from trainer.images import image_key, scan_imagefolder
-from trainer.workspace import Workspace
+from scopeloop.loop.deep import fixed_split, is_validation
+from scopeloop.refresh import Refresher
+from trainer.io.folders import image_key, scan_imagefolder
+from trainer.store.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+
 BCCD = _DEV_DATA
 
 
@@ -41,7 +43,7 @@ def test_worse_model_is_held_back_and_current_keeps_serving(refresher):
     lab = sorted(labels)
     y = [classes.index(labels[k]) for k in lab]
     X = emb[[row[k] for k in lab]]
-    v1, probs1, gate1 = r._train_and_gate("quick", lab, y, X, emb)
+    v1, probs1, gate1 = r.train_and_gate("quick", lab, y, X, emb)
     assert gate1["promoted"] and gate1["gate"] == "first model" and ws.registry.current() == v1
     # an annotator mixes up the labels of the training images: the candidate must not replace
     # the good model (validation images keep their labels, both models are scored on them)
@@ -50,7 +52,7 @@ def test_worse_model_is_held_back_and_current_keeps_serving(refresher):
     y_bad = list(y)
     for i, j in zip(tr, rng.permutation(tr)):
         y_bad[i] = y[j]
-    v2, probs2, gate2 = r._train_and_gate("quick", lab, y_bad, X, emb)
+    v2, probs2, gate2 = r.train_and_gate("quick", lab, y_bad, X, emb)
     assert not gate2["promoted"] and "held back" in gate2["gate"]
     assert ws.registry.current() == v1 == v2
     assert np.allclose(probs2, probs1, atol=1e-5)  # still the current model's predictions
@@ -59,7 +61,7 @@ def test_worse_model_is_held_back_and_current_keeps_serving(refresher):
     metrics = json.loads((ws.registry.path(held) / "metrics.json").read_text())
     assert metrics["gate"]["promoted"] is False and "held back" in metrics["gate"]["reason"]
     # the same good labels again: promoted (within tolerance)
-    v3, _, gate3 = r._train_and_gate("quick", lab, y, X, emb)
+    v3, _, gate3 = r.train_and_gate("quick", lab, y, X, emb)
     assert gate3["promoted"] and ws.registry.current() == v3 != v1
 
 
@@ -92,8 +94,8 @@ def test_replay_of_correct_labels_keeps_promoting(demo, tmp_path):
     """The demo's starter labels (2 per class), then 20 correct labels one by one in the order the
     service suggests: at least 18 of the 20 refreshes promote, the registry keeps every served
     version and at most KEEP_CANDIDATES held-back ones, and no score is shown from too few images."""
-    from scopeloop.refresh import KEEP_CANDIDATES
-    from trainer.estimate import MIN_PER_CLASS, headline
+    from scopeloop.loop.versions import KEEP_CANDIDATES
+    from trainer.stats.estimate import MIN_PER_CLASS, headline
 
     r, ws, keys, emb, truth, classes = _fresh(demo, tmp_path)
     row = {k: i for i, k in enumerate(keys)}
@@ -104,7 +106,7 @@ def test_replay_of_correct_labels_keeps_promoting(demo, tmp_path):
     for step in range(21):
         lab = sorted(labeled)
         y = [classes.index(truth[k]) for k in lab]
-        version, probs, gate = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+        version, probs, gate = r.train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
         outcomes.append(gate)
         est = ws.registry.read_json(ws.registry.current(), "metrics.json")["estimate"]
         lines.append(headline(est))
@@ -115,7 +117,7 @@ def test_replay_of_correct_labels_keeps_promoting(demo, tmp_path):
             break
         mask = np.zeros(len(keys), bool)
         mask[[row[k] for k in labeled]] = True
-        order = r._rank(emb, probs, mask, keys)
+        order = r.rank(emb, probs, mask, keys)
         labeled.append(keys[order[0]])  # the annotator labels what the service suggests, correctly
     assert outcomes[0]["gate"] == "first model"
     promoted = sum(g["promoted"] for g in outcomes[1:])
@@ -126,8 +128,8 @@ def test_replay_of_correct_labels_keeps_promoting(demo, tmp_path):
     assert len(ws.registry.version_log()) == 21  # the learning curve keeps every version
     print("\n".join(f"{i:2d} labels={10 + i}: {g['gate'][:60]} | {line}" for i, (g, line) in enumerate(zip(outcomes, lines))))
     # the report on this project: the estimator's headline, one learning-curve row per version
-    from tests.trainer.test_report import _Rows
-    from trainer.report import build_report
+    from tests.trainer.reports.test_report import _Rows
+    from trainer.reports.html import build_report
 
     summary = build_report(ws, tmp_path / "report.html")
     p = _Rows()
@@ -144,8 +146,8 @@ def test_gate_on_the_sample_promotes_a_superset_and_holds_back_shuffled_labels(d
     lab = sorted(keys)
     y = [classes.index(truth[k]) for k in lab]
     half = lab[::2]
-    r._train_and_gate("quick", half, [classes.index(truth[k]) for k in half], emb[[row[k] for k in half]], emb, keys)
-    _, _, gate = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+    r.train_and_gate("quick", half, [classes.index(truth[k]) for k in half], emb[[row[k] for k in half]], emb, keys)
+    _, _, gate = r.train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
     assert gate["promoted"] and gate["comparison"]["n"] > 0
     # an annotator scrambles 60% of the labels: the images whose label did not change judge both
     # recipes, and the scrambled candidate is held back (on 51 images this is detected for about
@@ -155,7 +157,7 @@ def test_gate_on_the_sample_promotes_a_superset_and_holds_back_shuffled_labels(d
     y_bad = list(y)
     for i, j in zip(idx, rng.permutation(idx)):
         y_bad[i] = y[j]
-    _, _, gate = r._train_and_gate("quick", lab, y_bad, emb[[row[k] for k in lab]], emb, keys)
+    _, _, gate = r.train_and_gate("quick", lab, y_bad, emb[[row[k] for k in lab]], emb, keys)
     assert not gate["promoted"] and "held back: worse with confidence" in gate["gate"], gate["gate"]
 
 
@@ -164,10 +166,10 @@ def test_failed_training_is_held_back(demo, tmp_path, monkeypatch):
     row = {k: i for i, k in enumerate(keys)}
     lab = sorted(keys)
     y = [classes.index(truth[k]) for k in lab]
-    v1, _, _ = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+    v1, _, _ = r.train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
     X = emb[[row[k] for k in lab]].copy()
     X[0, 0] = np.nan  # a corrupt embedding: the fit produces NaN
-    v2, probs, gate = r._train_and_gate("quick", lab, y, X, emb, keys)
+    v2, probs, gate = r.train_and_gate("quick", lab, y, X, emb, keys)
     assert not gate["promoted"] and gate["gate"].startswith("held back: training failed") and v2 == v1
     assert ws.registry.versions() == [v1] and np.isfinite(probs).all()
 
@@ -179,11 +181,11 @@ def test_group_pattern_makes_folds_and_intervals_group_aware(demo, tmp_path):
     row = {k: i for i, k in enumerate(keys)}
     lab = sorted(keys)
     y = [classes.index(truth[k]) for k in lab]
-    r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+    r.train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
     plain = ws.registry.read_json(ws.registry.current(), "metrics.json")["estimate"]
     ws.update_project(group_pattern=r"BloodImage_(\d{3})")  # 10 source images per group
     assert len(set(r._groups(lab))) < len(lab) / 3
-    _, _, gate = r._train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
+    _, _, gate = r.train_and_gate("quick", lab, y, emb[[row[k] for k in lab]], emb, keys)
     grouped = ws.registry.read_json(ws.registry.current(), "metrics.json")["estimate"]
     assert "by group" in grouped["method"] and "by group" not in plain["method"]
     assert gate["promoted"] and gate["comparison"]["n"] > 0
@@ -209,7 +211,7 @@ def test_pushed_suggestions_carry_the_samplers_reason(refresher):
     probs = np.full((len(keys), len(classes)), 1.0 / len(classes))
     probs[:, 0] += np.linspace(0, 0.5, len(keys))
     probs /= probs.sum(1, keepdims=True)
-    order = r._rank(emb, probs, labeled, keys)
-    r._push(keys, {k: i for i, k in enumerate(keys)}, probs, order, order[:10], "001")
+    order = r.rank(emb, probs, labeled, keys)
+    r.push(keys, {k: i for i, k in enumerate(keys)}, probs, order, order[:10], "001")
     assert len(pushed) == 10 and all(p.reason and not p.reason.startswith("queue position") for p in pushed), \
         [p.reason for p in pushed]

@@ -8,8 +8,9 @@ import pytest
 import tifffile
 
 from scopeloop.refresh import Refresher
-from trainer.images import Preprocessing, SkipReport
-from trainer.workspace import Workspace
+from trainer.io.errors import SkipReport
+from trainer.io.settings import Preprocessing
+from trainer.store.workspace import Workspace
 
 READ = {"stack": "plane", "plane": 0, "timepoint": 0, "normalisation": "bit-depth", "ranges": None, "bit_depth": 12}
 
@@ -29,8 +30,8 @@ def project(tmp_path):
 
 
 def test_embedding_training_and_fine_tune_get_the_project_reader(project, monkeypatch):
-    import trainer.inference
-    import trainer.training
+    import trainer.models.inference
+    import trainer.models.training
 
     r = Refresher(project, client=None, log=lambda *_: None)
     want = Preprocessing(channels=(0,), stack="plane", plane=0, normalisation="bit-depth", bit_depth=12)
@@ -45,8 +46,8 @@ def test_embedding_training_and_fine_tune_get_the_project_reader(project, monkey
         return SimpleNamespace(embeddings=np.ones((len(paths), 4), np.float32), rows=np.arange(len(paths)),
                                skipped=SkipReport())
 
-    monkeypatch.setattr(trainer.inference, "run_model", fake_run_model)
-    monkeypatch.setattr(Refresher, "_backbone", lambda self, w: (None, SimpleNamespace(mean=[0.5] * 3, std=[0.5] * 3), "src"))
+    monkeypatch.setattr(trainer.models.inference, "run_model", fake_run_model)
+    monkeypatch.setattr(Refresher, "backbone", lambda self, w: (None, SimpleNamespace(mean=[0.5] * 3, std=[0.5] * 3), "src"))
     keys, emb = r.embed_all(["s0.tif", "s1.tif", "s2.tif"])
     assert seen["reader"] == want and emb.shape == (3, 4)
     assert (project.root / "embeddings" / space / "keys.json").is_file()
@@ -61,7 +62,7 @@ def test_embedding_training_and_fine_tune_get_the_project_reader(project, monkey
         seen["train"] = config
         raise Stop
 
-    monkeypatch.setattr(trainer.training, "train", fake_train)
+    monkeypatch.setattr(trainer.models.training, "train", fake_train)
     with pytest.raises(Stop):
-        r._deep_finetune({"s0.tif": "a", "s1.tif": "b", "s2.tif": "a"})
+        r.deep_finetune({"s0.tif": "a", "s1.tif": "b", "s2.tif": "a"})
     assert seen["train"].preprocessing == READ and seen["train"].channels == [0]

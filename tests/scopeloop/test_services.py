@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ml_backend.ls_server import free_port
+from ml_backend.labelstudio.server import free_port
 from scopeloop.services import EmbeddedRedis, _pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,8 +69,7 @@ def _events(redis) -> list[dict]:
 def setup(redis_db_url, monkeypatch, tmp_path):
     import torch  # noqa: F401  (refresh_job imports these: loaded once here, not in every forked job)
 
-    import ml_backend.labelstudio  # noqa: F401
-
+    import ml_backend.labelstudio.client  # noqa: F401
     import scopeloop.refresh
 
     monkeypatch.setattr(scopeloop.refresh, "Refresher", StubRefresher)
@@ -155,7 +153,7 @@ def test_status_shows_waiting_and_running_per_queue(setup, monkeypatch, capsys):
     monkeypatch.setenv("SCOPELOOP_HOME", str(home))
     monkeypatch.setenv("REDIS_URL", url)
     monkeypatch.setattr(StubRefresher, "sleep_s", 8.0)
-    from trainer.embedding_jobs import ChunkedEmbedder, InferenceResult, SkipReport
+    from trainer.models.embedding_jobs import ChunkedEmbedder, InferenceResult, SkipReport
 
     def dies_after_one(paths, n=[0]):
         n[0] += 1
@@ -224,7 +222,7 @@ def test_worker_parent_preloads_the_refresh_code_without_starting_threads():
     import sys
 
     code = ("import sys, threading; from scopeloop.worker import preload_refresh_code; preload_refresh_code(); "
-            "mods = ('torch._dynamo', 'matplotlib.pyplot', 'scopeloop.refresh', 'sampler', 'trainer.head'); "
+            "mods = ('torch._dynamo', 'matplotlib.pyplot', 'scopeloop.refresh', 'sampler', 'trainer.models.head'); "
             "print(all(m in sys.modules for m in mods), threading.active_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from tests.dev_data import BCCD as _DEV_DATA  # noqa: E402
+
 BCCD = _DEV_DATA
 
 

@@ -1,0 +1,1 @@
+"""Image quality control (torch-free): which images should no annotator spend a label on?"""

@@ -1,0 +1,1 @@
+"""What leaves the project: the HTML QC report, plots, dataset and model exports, batch prediction and batch QC of folders."""
