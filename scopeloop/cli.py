@@ -173,6 +173,10 @@ def cmd_status(args) -> int:
     from ml_backend.queue import RefreshQueue, connect_redis
 
     settings, ws = _workspace(args)
+    from scopeloop.security import exposures
+
+    for line in exposures(settings.home):  # other users could read labels or tokens (scopeloop doctor)
+        print(line, file=sys.stderr)
     p, st, reg = ws.project, ws.status, ws.registry
     from ml_backend.labelstudio.sync import labels_by_key, unusable_keys
 
@@ -313,12 +317,16 @@ def cmd_backend(args) -> int:
     from ml_backend.app import create_app
     from scopeloop.settings import load_settings
 
+    from ml_backend.security import AUTH_OFF_WARNING, auth_disabled
+
     app = create_app(load_settings())
+    if auth_disabled():
+        print(f"WARNING: {AUTH_OFF_WARNING}", file=sys.stderr)
     if args.host in ("127.0.0.1", "localhost", "::1"):
         print(f"ML backend on http://{args.host}:{args.port} (this machine only; --host 0.0.0.0 to accept other machines)")
     else:
-        print(f"WARNING: the ML backend listens on {args.host}:{args.port}, reachable from other machines; "
-              "set SCOPELOOP_BACKEND_TOKEN (or a firewall) so only your Label Studio can call it", file=sys.stderr)
+        print(f"note: the ML backend listens on {args.host}:{args.port}, reachable from other machines; it "
+              "requires its token (docs/security.md), a firewall keeps the port to your Label Studio", file=sys.stderr)
     app.run(host=args.host, port=args.port, threaded=True)
     return 0
 
@@ -445,10 +453,49 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=9090)
     b.set_defaults(func=cmd_backend)
 
+    doc = sub.add_parser("doctor", help="check that other users of this machine cannot read projects, labels or tokens",
+                         description="Warn about a project folder, state file or Label Studio database that other users "
+                                     "can read, and say whether the ML backend requires its token (docs/security.md).")
+    doc.set_defaults(func=cmd_doctor)
+
+    from scopeloop.cells_command import add_parser as add_cells_parser
     from scopeloop.export_commands import add_cli as add_export_cli
 
+    add_cells_parser(sub)
     add_export_cli(sub)
     return p
+
+
+HOME_FREE_COMMANDS = ("train", "predict", "qc", "cells")   # commands that never touch SCOPELOOP_HOME
+
+
+def _private_files(command: str) -> None:
+    """Owner-only files for everything this process writes (SCOPELOOP_UMASK), and a home left
+    open to other users by an older scopeloop tightened, with one line (scopeloop.security)."""
+    from scopeloop.security import apply_umask, tighten_home
+
+    apply_umask()
+    if command not in HOME_FREE_COMMANDS:
+        tighten_home(Path(os.environ.get("SCOPELOOP_HOME", ".scopeloop")).resolve(),
+                     log=lambda line: print(line, file=sys.stderr))
+
+
+def cmd_doctor(args) -> int:
+    from ml_backend.security import auth_disabled, token_path
+    from scopeloop.security import exposures
+    from scopeloop.settings import load_settings
+
+    settings = load_settings()
+    problems = exposures(settings.home)
+    if auth_disabled():
+        problems.append("warning: SCOPELOOP_BACKEND_AUTH=off: the ML backend answers anyone who reaches its port")
+    for line in problems:
+        print(line)
+    if not problems:
+        token = "SCOPELOOP_BACKEND_TOKEN" if os.environ.get("SCOPELOOP_BACKEND_TOKEN") else token_path(settings.home)
+        print(f"ok: {settings.home} and the Label Studio databases found are private; the ML backend requires "
+              f"its token ({token})")
+    return 1 if problems else 0
 
 
 def _service_errors():
@@ -466,6 +513,7 @@ def main(argv=None) -> int:
     from trainer.store.registry import RegistryError
 
     try:
+        _private_files(args.command)
         return int(args.func(args) or 0)
     except (UserError, ImageReadError, WeightsUnavailableError, RegistryError, FileNotFoundError, ValueError,
             *_service_errors()) as exc:
