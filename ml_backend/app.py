@@ -25,14 +25,16 @@ LS sends and expects (measured on 1.23.2; see docs/architecture.md):
     START_TRAINING -> deep refresh;  TASKS_CREATED -> quick refresh (embed + predict new images)
     anything else -> 200 "ignored" (LS's ML webhook is created with send_for_all_actions).
 
-Auth (optional, environment; /health stays open):
-  SCOPELOOP_BACKEND_USER + SCOPELOOP_BACKEND_PASSWORD  HTTP basic auth (what LS's ML backend
-                                                       form offers: "Basic Auth")
-  SCOPELOOP_BACKEND_TOKEN (or Settings.backend_token)   `Authorization: Token x` / `Bearer x`
-  SCOPELOOP_BACKEND_WEBHOOK_AUTH=1                      also require it on /webhook. Off by
-      default: the webhook LS creates for an ML backend carries no credentials (LS 1.23
-      `create_ml_webhook` sets no headers), so requiring auth there would silently drop
-      every training event unless the webhook's headers are set in LS.
+Auth (on by default, also on loopback; /health stays open; docs/security.md):
+  the token: SCOPELOOP_BACKEND_TOKEN (or Settings.backend_token), else the one generated once
+      in <SCOPELOOP_HOME>/backend_token (0600, ml_backend.security). Accepted as
+      `Authorization: Token x` / `Bearer x`, or HTTP basic auth user "scopeloop" + the token:
+      what `scopeloop init`/`demo` give Label Studio's ML backend setting "Basic Auth"; the ML
+      webhook LS creates gets an `Authorization: Token` header from them too (LS 1.23
+      `create_ml_webhook` sets none).
+  SCOPELOOP_BACKEND_USER + SCOPELOOP_BACKEND_PASSWORD  also accepted as HTTP basic auth
+  SCOPELOOP_BACKEND_WEBHOOK_AUTH=0                      leave /webhook open (warned about)
+  SCOPELOOP_BACKEND_AUTH=off                            no auth at all (warned about)
 Other environment: SCOPELOOP_REFRESH_EVERY (default 1), SCOPELOOP_PREDICT_MAX_COMPUTE (512),
 SCOPELOOP_BACKEND_MAX_BODY_MB (64).
 
@@ -41,7 +43,9 @@ SCOPELOOP_BACKEND_MAX_BODY_MB -> 413 naming the limit; JSON nested deeper than M
 -> 400; a project id of more than 18 digits -> 400; in /predict a task whose image key or URL
 is longer than the file system allows (255 bytes a name, 4096 a path) is ONE bad task (its own
 empty result and error entry) while the rest of the batch is predicted. No response or log
-line repeats more than a short prefix of an offending value.
+line repeats more than a short prefix of an offending value. Every route with a body (/versions
+too) goes through the same checks; every log line has its control characters escaped and is
+bounded (ml_backend.security.SafeLogFilter on the log handlers).
 """
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ from werkzeug.exceptions import HTTPException
 from ml_backend.predictor import UNTRAINED, Predictor, check_label_config, empty_prediction, live_model_version
 from ml_backend.projects import ProjectIndex, parse_project_id
 from ml_backend.queue import QUEUE_NAME, RefreshQueue
+from ml_backend.security import AUTH_OFF_WARNING, BASIC_USER, auth_disabled, backend_token, install_log_filter
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +152,22 @@ class AuthConfig:
     user: str = ""
     password: str = ""
     token: str = ""
-    webhook: bool = False     # require auth on /webhook too
+    webhook: bool = True      # require auth on /webhook too (scopeloop gives LS's ML webhook the header)
+    off: bool = False         # SCOPELOOP_BACKEND_AUTH=off: explicitly no auth (warned about)
 
     @classmethod
     def from_env(cls, settings=None) -> "AuthConfig":
+        """Auth is on by default: the token is SCOPELOOP_BACKEND_TOKEN, `settings.backend_token`,
+        or the one generated once in `<home>/backend_token` (ml_backend.security)."""
+        if auth_disabled():
+            return cls(off=True, webhook=False)
+        token = env_setting("SCOPELOOP_BACKEND_TOKEN") or getattr(settings, "backend_token", "") or ""
+        home = getattr(settings, "home", None)
+        if not token and home is not None:
+            token = backend_token(home)
         return cls(user=env_setting("SCOPELOOP_BACKEND_USER"),
-                   password=env_setting("SCOPELOOP_BACKEND_PASSWORD"),
-                   token=env_setting("SCOPELOOP_BACKEND_TOKEN") or getattr(settings, "backend_token", "") or "",
-                   webhook=_truthy(env_setting("SCOPELOOP_BACKEND_WEBHOOK_AUTH")))
+                   password=env_setting("SCOPELOOP_BACKEND_PASSWORD"), token=token,
+                   webhook=not env_setting("SCOPELOOP_BACKEND_WEBHOOK_AUTH").lower() in ("0", "false", "no", "off"))
 
     @property
     def enabled(self) -> bool:
@@ -167,13 +180,19 @@ class AuthConfig:
         scheme, value = scheme.lower(), value.strip()
         if scheme in ("token", "bearer") and self.token:
             return hmac.compare_digest(value.encode(), self.token.encode())
-        if scheme == "basic" and self.user and self.password:
+        if scheme == "basic":  # LS's "Basic Auth": the configured user/password, or user "scopeloop" + the token
             try:
                 user, _, pw = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return False
-            return (hmac.compare_digest(user.encode(), self.user.encode())
-                    & hmac.compare_digest(pw.encode(), self.password.encode()))
+            ok = False
+            if self.user and self.password:
+                ok |= (hmac.compare_digest(user.encode(), self.user.encode())
+                       & hmac.compare_digest(pw.encode(), self.password.encode()))
+            if self.token:
+                ok |= (hmac.compare_digest(user.encode(), BASIC_USER.encode())
+                       & hmac.compare_digest(pw.encode(), self.token.encode()))
+            return bool(ok)
         return False
 
 
@@ -279,9 +298,12 @@ def create_app(settings, *, queue_name: str | None = None) -> Flask:
         max_compute=max(1, int(env_setting("SCOPELOOP_PREDICT_MAX_COMPUTE", "512") or 512)),
     )
     app.extensions["scopeloop"] = backend
-    if backend.auth.enabled and not backend.auth.webhook:
-        log.info("auth enabled for /setup and /predict; /webhook stays open "
-                 "(set SCOPELOOP_BACKEND_WEBHOOK_AUTH=1 to require it there too)")
+    install_log_filter()   # every log line one bounded line (ml_backend.security)
+    if backend.auth.off:
+        log.warning(AUTH_OFF_WARNING)
+    elif backend.auth.enabled and not backend.auth.webhook:
+        log.warning("auth enabled for /setup, /predict and /versions; /webhook stays open "
+                    "(SCOPELOOP_BACKEND_WEBHOOK_AUTH=0): anyone reaching the port can queue refreshes")
 
     @app.before_request
     def _auth():
@@ -398,8 +420,12 @@ def create_app(settings, *, queue_name: str | None = None) -> Flask:
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions():
-        body = request.get_json(force=True, silent=True) or {}
-        ws = backend.index.find(body.get("project")) if isinstance(body, dict) else None
+        body = {}
+        if request.get_data(cache=True).strip():   # LS 1.23 GETs it without a body; a body gets every check
+            body, err = _json_body()
+            if err:
+                return err
+        ws = backend.index.find(body.get("project"))
         return jsonify(versions=[live_model_version(ws) if ws else UNTRAINED])
 
     return app

@@ -24,15 +24,20 @@ prediction looks alike whichever way it reached Label Studio):
 Nothing here fails the whole request for one bad task: an unknown key, a vanished or
 unreadable image gives that task an empty result (`[]`, score 1: label last, so a task
 opened outside the pushed head never jumps the sampler's order) and a line in `errors`.
-No model yet (cold start) gives every task an empty result, not an error. A labeling config
+Uncached images are computed batch by batch within a time budget (SCOPELOOP_PREDICT_BUDGET_S,
+60 s: Label Studio gives up after 100 s), then the request answers with what it has: the rest
+get empty results and one error line. No model yet (cold start) gives every task an empty
+result, not an error. A labeling config
 whose choices lack one of the model's classes gives every task an empty result and an error
 saying so: never a label the config does not offer.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,6 +48,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from label_config import LabelConfigError, ParsedConfig, choice_result, parse_config
+from ml_backend.security import inside
 from trainer.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,7 @@ UNTRAINED = "untrained"        # model_version before any prediction was pushed 
 DEFAULT_FROM_NAME = "label"    # label_config.build_config's defaults
 DEFAULT_TO_NAME = "image"
 COMPUTED_CACHE_SIZE = 50_000   # remembered live predictions (per process; a few MB)
+BUDGET_ENV, DEFAULT_BUDGET_S = "SCOPELOOP_PREDICT_BUDGET_S", 60.0  # compute time per /predict (LS waits 100 s)
 
 
 def live_model_version(ws: Workspace) -> str:
@@ -187,10 +194,14 @@ class Predictor:
     """Serves one project's predictions; keep one per workspace for the process's life."""
 
     def __init__(self, workspace: Workspace, device: str | None = None, max_compute: int = 512,
-                 batch_size: int = 32):
+                 batch_size: int = 32, time_budget_s: float | None = None):
         self.ws = workspace
         self.device = device or None
         self.max_compute = max_compute
+        # seconds one request may spend computing (Label Studio gives up after 100 s): what is not
+        # computed by then gets an empty result and an error line; the next refresh caches it
+        self.time_budget_s = float(os.environ.get(BUDGET_ENV, DEFAULT_BUDGET_S)) if time_budget_s is None \
+            else float(time_budget_s)
         self.batch_size = batch_size
         self._lock = threading.RLock()
         self._cache: dict | None = None          # {"version", "mtime", "index", "probs", ...}
@@ -251,6 +262,7 @@ class Predictor:
 
     # --------------------------------------------------------------- predict
     def predict(self, tasks: Sequence[dict], label_config: str | None = None) -> PredictOutcome:
+        deadline = time.monotonic() + self.time_budget_s
         mv = live_model_version(self.ws)
         out = PredictOutcome([], mv)
         empty = empty_prediction(mv)
@@ -315,7 +327,7 @@ class Predictor:
                     if err:
                         return all_empty(err)
             if todo:
-                self._compute(version, todo, rows, images_root, out)
+                self._compute(version, todo, rows, images_root, out, deadline)
 
         for task, (key, probs, prio, rank) in zip(tasks, rows):
             if probs is None:
@@ -346,8 +358,9 @@ class Predictor:
         return p.get("from_name", DEFAULT_FROM_NAME), p.get("to_name", DEFAULT_TO_NAME), "image"
 
     def _compute(self, version: str, todo: dict[str, list[int]], rows: list, images_root: Path | None,
-                 out: PredictOutcome) -> None:
-        """Run the current model on the images of `todo` (key -> task positions); fill `rows`."""
+                 out: PredictOutcome, deadline: float | None = None) -> None:
+        """Run the current model on the images of `todo` (key -> task positions); fill `rows`.
+        Batch by batch until `deadline` (time.monotonic()): the rest is reported, not computed."""
         from trainer.models.inference import run_model
 
         if images_root is None:
@@ -355,7 +368,7 @@ class Predictor:
                               f"{sum(map(len, todo.values()))} task(s) cannot be predicted")
             return
         from trainer.io.folders import path_for_key
-        from trainer.io.plane_keys import image_exists
+        from trainer.io.plane_keys import image_exists, split_plane
 
         root = images_root.resolve()
         keys, paths = [], []
@@ -367,6 +380,9 @@ class Predictor:
                 continue
             if not image_exists(p):  # a file, or a Z plane <file>#z<k> of one (stack "planes")
                 out.errors.append(f"image {key}: file not found under {root}")
+                continue
+            if not inside(split_plane(p)[0], root):  # a link out of the image folder is never read
+                out.errors.append(f"image {key}: its real location is outside the image folder {root}; not read")
                 continue
             keys.append(key)
             paths.append(p)
@@ -382,19 +398,33 @@ class Predictor:
         cfg = model.config
         import torch
         device = torch.device(self.device) if self.device else None
-        res = run_model(model.net, paths, cfg.image_size, cfg.mean, cfg.std, cfg.reader,
-                        batch_size=self.batch_size, device=device, num_workers=0)
-        for s in res.skipped.skipped:
-            out.errors.append(f"image {s['path']}: {s['reason']}")
-        for j, row in enumerate(res.rows.tolist()):
-            key, probs = keys[row], res.probs[j]
-            self._computed[(version, key)] = probs
-            for i in todo[key]:
-                rows[i] = (key, probs, None, None)
-                out.counts["computed"] += 1
+        step = max(1, self.batch_size)
+        for start in range(0, len(keys), step):
+            if deadline is not None and start and time.monotonic() > deadline:
+                left = keys[start:]
+                out.errors.append(f"{len(left)} image(s) not predicted within this request's time budget "
+                                  f"({self.time_budget_s:g} s, {BUDGET_ENV}; Label Studio waits 100 s): "
+                                  f"{', '.join(left[:3])}{' ...' if len(left) > 3 else ''} (the next refresh caches them)")
+                break
+            res = run_model(model.net, paths[start:start + step], cfg.image_size, cfg.mean, cfg.std, cfg.reader,
+                            batch_size=self.batch_size, device=device, num_workers=0)
+            for s in res.skipped.skipped:
+                out.errors.append(f"image {s['path']}: {s['reason']}")
+            for j, row in enumerate(res.rows.tolist()):
+                key, probs = keys[start + row], res.probs[j]
+                self._computed[(version, key)] = probs
+                for i in todo[key]:
+                    rows[i] = (key, probs, None, None)
+                    out.counts["computed"] += 1
         while len(self._computed) > COMPUTED_CACHE_SIZE:
             self._computed.popitem(last=False)
 
 
 def _tid(task: Any) -> Any:
-    return task.get("id", "?") if isinstance(task, dict) else "?"
+    """A task's id as it may appear in a message or log line: an int as is, anything else a
+    short repr (an id with a newline cannot forge log lines, a huge one cannot flood them)."""
+    tid = task.get("id", "?") if isinstance(task, dict) else "?"
+    if isinstance(tid, int) and not isinstance(tid, bool):
+        return tid
+    text = repr(tid)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"

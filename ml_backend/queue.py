@@ -40,11 +40,42 @@ QUEUE_ROLES = {"quick": (QUEUE_NAME, "quick refreshes, any worker"),
 JOB_FUNC = "scopeloop.refresh.refresh_job"
 PRUNE_FUNC = "scopeloop.refresh.prune_job"
 KINDS = ("quick", "deep")
-TIMEOUTS = {"quick": 15 * 60, "deep": 6 * 3600}  # RQ's default 180 s would kill trainings
+WORK_S = {"quick": 15 * 60, "deep": 6 * 3600}   # what one refresh may take once it holds the lock
+LOCK_WAIT_S = {"quick": 3600, "deep": 3600}      # how long a refresh waits for the project's lock
+# RQ's job timeout covers the wait AND the work: RQ's default 180 s would kill trainings, and a
+# timeout shorter than the lock wait killed quick refreshes queued behind a deep one (issue 22)
+TIMEOUTS = {k: LOCK_WAIT_S[k] + WORK_S[k] for k in KINDS}
 LOCK_TTL = int(os.environ.get("SCOPELOOP_LOCK_TTL", "60"))  # a killed worker's lock frees itself after this
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+WORKER_TTL = int(os.environ.get("SCOPELOOP_WORKER_TTL", "60"))  # scopeloop workers heartbeat every ttl-15 s when idle
+BUSY_BEAT_S = 90  # a busy worker beats every 30 s (RQ's job_monitoring_interval): 3 missed = dead
+
+
+def worker_alive(redis: Redis, worker) -> bool:
+    """Whether an RQ worker still heartbeats. A killed worker (kill -9) leaves its record in Redis
+    until its key expires (worker_ttl + 60 s: 8 minutes for RQ's default; for a busy one, its
+    job's timeout), counted as listening all that time; alive means its last heartbeat is not
+    older than the interval it promised: 30 s while busy, worker_ttl - 15 s while idle, that
+    worker_ttl read from the key's TTL (set to worker_ttl + 60 at every idle heartbeat), so
+    workers started with any worker_ttl are judged by their own."""
+    from datetime import datetime, timezone
+
+    beat = getattr(worker, "last_heartbeat", None)
+    if beat is None:
+        return True  # no heartbeat recorded yet: just born
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=timezone.utc)
+    since = (datetime.now(timezone.utc) - beat).total_seconds()
+    if worker.get_state() == "busy":  # beats every job_monitoring_interval (30 s) while a job runs
+        return since <= BUSY_BEAT_S
+    left = redis.ttl(worker.key)
+    if left is None or left < 0:
+        return since <= WORKER_TTL
+    return since <= max(left + since - 60, 15)  # left + since - 60: the worker_ttl it was started with
 
 
 def connect_redis(url: str | None = None, timeout: float = 5.0) -> Redis:
@@ -144,7 +175,7 @@ class RefreshQueue:
             self.redis.delete(key)
 
     @contextmanager
-    def lock(self, root: str, wait_s: float = TIMEOUTS["quick"], poll_s: float = 0.2):
+    def lock(self, root: str, wait_s: float = LOCK_WAIT_S["quick"], poll_s: float = 0.2):
         """Exclusive right to train+publish for one project; the TTL is renewed while held."""
         with lease(self.redis, self.key(root, "lock"), LOCK_TTL, wait_s, poll_s) as held:
             if not held:
@@ -208,11 +239,14 @@ class RefreshQueue:
 
         names = {"quick": self.queue_name, "gpu": self.gpu_queue_name, "low": self.low_queue_name}
         workers = Worker.all(connection=self.redis)
+        alive = {w.name: worker_alive(self.redis, w) for w in workers}
         out = []
         for role, name in names.items():
             q = Queue(name, connection=self.redis)
             listening = [w for w in workers if name in w.queue_names()]
+            live = [w for w in listening if alive[w.name]]
             out.append({"role": role, "queue": name, "purpose": QUEUE_ROLES[role][1],
                         "waiting": q.get_job_ids(), "running": q.started_job_registry.get_job_ids(),
-                        "workers": len(listening), "busy": sum(1 for w in listening if w.get_state() == "busy")})
+                        "workers": len(live), "busy": sum(1 for w in live if w.get_state() == "busy"),
+                        "dead": len(listening) - len(live)})
         return out

@@ -75,3 +75,48 @@ def run(args) -> int:
     print(report.summary())
     print(f"wrote {args.out}/cells.csv")
     return 0 if report.fields else 2
+
+
+def add_cell_args(p, predict: bool = False) -> None:
+    """The options that make `init` / `predict` work on fields of view (one task / row per cell)."""
+    g = p.add_argument_group("fields of view (one cell per task / row)")
+    g.add_argument("--cells", choices=["auto"], default=None,
+                   help="the images are fields of view: find every cell (offline, `scopeloop cells`) and "
+                        + ("predict each cell: per-cell table, counts per image and group, overlays" if predict
+                           else "make one task per cell, shown in its neighbourhood"))
+    g.add_argument("--cells-masks", default=None, metavar="DIR",
+                   help="import cells from label images made elsewhere (cellpose, StarDist, CellProfiler, QuPath GeoJSON)")
+    g.add_argument("--cells-points", default=None, metavar="CSV",
+                   help="import cells from a CSV of points or boxes: image,x,y[,bbox_x0,bbox_y0,bbox_x1,bbox_y1][,label]")
+    g.add_argument("--cells-border", choices=["label", "skip"], default=None,
+                   help="cells touching the field's border: keep them (flagged edge) or skip them "
+                        "(default: the project's / model's setting, else label)")
+    g.add_argument("--cells-diameter", type=float, default=None,
+                   help="expected cell diameter in pixels (default: " + ("the model's" if predict else "measured") + ")")
+    if predict:
+        g.add_argument("--group-pattern", default=None,
+                       help="regex on a field's file name whose first group is its group (well, condition), "
+                            "e.g. '^(\\w+?)_'; counts and proportions per group")
+        g.add_argument("--no-overlays", action="store_true", help="write no overlay PNG per field")
+
+
+def run_predict(args, model_dir) -> int:
+    """`scopeloop predict --cells ...` (see trainer.reports.cell_results)."""
+    from scopeloop.cells_project import cli_settings
+    from trainer.reports.cell_results import predict_fields
+
+    spec = cli_settings(args)
+    s = predict_fields(model_dir, args.input, args.out, mode=spec["mode"], masks=spec["masks"], points=spec["points"],
+                       group_pattern=args.group_pattern, border=spec["border"], diameter=spec["diameter"],
+                       batch_size=args.batch_size, low_confidence=args.low_confidence, overlays=not args.no_overlays)
+    print(f"model: {model_dir}")
+    print(s["cells"].summary())
+    print(f"{s['predicted']} cells of {s['fields']} field(s) predicted -> {s['csv']} (one row per cell)")
+    for c, n in s["counts"].items():
+        print(f"  {c:<20} {n}")
+    print(f"{s['low_confidence']} low-confidence predictions (below {args.low_confidence:.2f}, flagged in the CSV)")
+    print(f"counts and proportions per field: {s['image_counts']}; per group: {s['group_counts']}")
+    print(f"proportions per group: {s['groups_png']}")
+    if s.get("overlays"):
+        print(f"overlays (cells coloured by predicted class): {s['overlays']}/")
+    return 0

@@ -89,6 +89,10 @@ def cmd_predict(args) -> int:
     if not Path(args.input).is_dir():
         raise UserError(f"--input '{args.input}' is not a folder of images")
     model_dir = resolve_model_dir(args.model, args.version)
+    if getattr(args, "cells", None) or getattr(args, "cells_masks", None) or getattr(args, "cells_points", None):
+        from scopeloop.cells_command import run_predict
+
+        return run_predict(args, model_dir)  # fields of view: one row per cell
     summary = predict_folder(model_dir, args.input, args.out, batch_size=args.batch_size, low_confidence=args.low_confidence)
     print(f"model: {model_dir}")
     print(f"{summary['predicted']} images predicted -> {summary['csv']}")
@@ -133,6 +137,12 @@ def cmd_worker(args) -> int:
     from scopeloop.worker import QUEUES_ENV, worker_queues
 
     require_faiss()
+    if getattr(args, "supervise", False):
+        from scopeloop.worker import supervise
+
+        child = [sys.executable, "-m", "scopeloop.cli", "worker"] + (["--burst"] if args.burst else []) + \
+            (["--no-scheduler"] if args.no_scheduler else []) + (["--queues", args.queues] if args.queues else [])
+        return supervise(child)
     settings = load_settings()
     queues = worker_queues(args.queues or os.environ.get(QUEUES_ENV), device=settings.device)
     from scopeloop.worker import run_worker
@@ -236,7 +246,9 @@ def print_queues(overview: list[dict], show: int = 5) -> None:
     print("queues (all projects):")
     for q in overview:
         print(f"  {q['queue']} ({q['purpose']}): {len(q['waiting'])} waiting, {len(q['running'])} running; "
-              f"{q['workers']} worker(s) listening, {q['busy']} busy")
+              f"{q['workers']} worker(s) listening, {q['busy']} busy"
+              + (f"; {q['dead']} dead (no heartbeat: killed? `scopeloop worker --supervise` restarts them)"
+                 if q.get("dead") else ""))
         for state in ("running", "waiting"):
             ids = q[state]
             for jid in ids[:show]:
@@ -259,6 +271,12 @@ def _class_list(text: str | None):
     return classes
 
 
+def _cells_option(args):
+    from scopeloop.cells_project import cli_settings
+
+    return cli_settings(args)
+
+
 def cmd_init(args) -> int:
     from scopeloop import projects
     from scopeloop.settings import load_settings
@@ -273,7 +291,7 @@ def cmd_init(args) -> int:
                "normalisation": args.normalisation, "bit_depth": args.bit_depth}
     ws, report = projects.init(settings, args.project, args.images, _class_list(args.classes), labels=args.labels,
                                backend_url=None if args.no_backend else settings.backend_url, model=model,
-                               reading=reading)
+                               reading=reading, cells=_cells_option(args))
     print(report.summary())
     from trainer.io.settings import reader_of
 
@@ -309,7 +327,7 @@ def cmd_demo(args) -> int:
     require_faiss()
     # not load_settings(): the demo starts its own services; settings.env describes the last run's
     run_demo(Settings(), images=args.images, classes=_class_list(args.classes), port=args.port,
-             backend_port=args.backend_port, name=args.project)
+             backend_port=args.backend_port, name=args.project, sample=args.sample)
     return 0
 
 
@@ -336,6 +354,8 @@ def _add_project_arg(p, help="project name (default: the only project; with seve
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scopeloop.cells_command import add_cell_args
+
     p = argparse.ArgumentParser(prog="scopeloop", description="Active-learning annotation for microscopy image classification.")
     p.add_argument("--version", action="version", version="scopeloop 0.1.0")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -377,11 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--version", help="model version (default: current)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--low-confidence", type=float, default=0.5, help="flag predictions below this confidence (default: %(default)s)")
+    add_cell_args(pr, predict=True)
     pr.set_defaults(func=cmd_predict)
 
     w = sub.add_parser("worker", help="run a worker that retrains models as labels come in",
                        description="RQ worker for refresh jobs (Redis from REDIS_URL). Uses CUDA when present.")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--supervise", action="store_true",
+                   help="run the worker as a child process and start a new one whenever it dies (kill -9, out of memory)")
     w.add_argument("--no-scheduler", action="store_true", help="do not run nightly/recovery checks in this worker")
     w.add_argument("--queues", default=None,
                    help="which jobs to take: comma-separated quick (quick refreshes), gpu (deep refreshes, embedding "
@@ -424,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(single-channel images). Re-running init keeps the project's settings unless given")
     i.add_argument("--bit-depth", type=int, default=None, help="camera bits for --normalisation bit-depth (default: found from the images)")
     i.add_argument("--no-backend", action="store_true", help="do not connect the ML backend (SCOPELOOP_BACKEND_URL)")
+    add_cell_args(i)
     i.set_defaults(func=cmd_init)
 
     qc = sub.add_parser("qc", help="image quality verdicts for a folder: blank, out of focus, saturated, too dark, duplicate, unusual",
@@ -442,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", help="your own image folder (default: the bundled white blood cell sample)")
     d.add_argument("--classes", help="cell types, comma-separated (default: the image folder's sub-folder names)")
     _add_project_arg(d, help="project name (default: 'demo' for the sample, else made from the folder's name)")
+    d.add_argument("--sample", choices=["wbc", "fov"], default="wbc",
+                   help="bundled sample without --images: wbc (white-cell crops, default) or fov (fields of view of "
+                        "blood smears: every cell found and labeled in its neighbourhood)")
     d.add_argument("--port", type=int, default=8080, help="Label Studio port (default: %(default)s)")
     d.add_argument("--backend-port", type=int, default=9090, help="ML backend port (default: %(default)s)")
     d.set_defaults(func=cmd_demo)
@@ -460,9 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from scopeloop.cells_command import add_parser as add_cells_parser
     from scopeloop.export_commands import add_cli as add_export_cli
+    from scopeloop.rollback import add_cli as add_versions_cli
 
     add_cells_parser(sub)
     add_export_cli(sub)
+    add_versions_cli(sub)
     return p
 
 
@@ -510,13 +539,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from trainer.io.errors import ImageReadError
     from trainer.models.backbone import WeightsUnavailableError
+    from trainer.store.atomic import DiskFullError
     from trainer.store.registry import RegistryError
 
     try:
         _private_files(args.command)
         return int(args.func(args) or 0)
     except (UserError, ImageReadError, WeightsUnavailableError, RegistryError, FileNotFoundError, ValueError,
-            *_service_errors()) as exc:
+            DiskFullError, *_service_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

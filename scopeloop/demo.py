@@ -24,6 +24,9 @@ from scopeloop.services import EmbeddedRedis, ServiceError, require_free_port, s
 from scopeloop.settings import Settings
 
 SAMPLE = Path(__file__).parent / "sample_data" / "wbc"
+# `--sample fov`: 8 fields of view of blood smears; one task per cell found, shown in context (issue 24)
+FOV_SAMPLE = Path(__file__).parent / "sample_data" / "fov"
+FOV_CLASSES = ["Red cell", "Platelet", "Neutrophil", "Eosinophil", "Lymphocyte", "Monocyte"]
 
 
 def _credentials(home: Path) -> dict:
@@ -63,22 +66,27 @@ def scopeloop_command() -> str:
 
 def run_demo(settings: Settings, images: Path | None = None, classes: list[str] | None = None,
              port: int = 8080, backend_port: int = 9090, name: str | None = None, wait: bool = True,
-             log=print) -> dict:
+             log=print, sample: str = "wbc") -> dict:
     """Start everything and create / resume the project; see the module docstring.
 
     `name`: project name (default "demo" for the bundled sample, else from the folder's name).
     With `wait=False` returns at once with `info["stop"]` to stop the services.
+    `sample`: the bundled sample without --images: "wbc" (single-cell crops) or "fov" (fields of
+    view: the cells are found and each is a task, shown in its neighbourhood; project "demo-fov").
     """
     from ml_backend.labelstudio.server import LabelStudioServer, LabelStudioServerError
     from ml_backend.queue import RefreshQueue, connect_redis
     from scopeloop import projects
 
     bundled = images is None
-    images = Path(images or SAMPLE).expanduser().resolve()
+    fov = bundled and sample == "fov"
+    images = Path(images or (FOV_SAMPLE if fov else SAMPLE)).expanduser().resolve()
     if not images.is_dir():
         raise ServiceError(f"--images '{images}' is not a folder; give the folder that holds your images")
     if bundled and not name:
-        name = "demo"
+        name = "demo-fov" if fov else "demo"
+    if fov and classes is None:
+        classes = list(FOV_CLASSES)
     labels = None
     if classes is None:
         classes = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -86,11 +94,19 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
             raise ServiceError(f"no --classes given and '{images}' has fewer than two class sub-folders to take "
                                "them from; give the cell types with --classes \"A,B,C\"")
     home = settings.home
+    from ml_backend.labelstudio.server import backend_loopback_host
+    from scopeloop.security import tighten_home
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)   # owner-only (docs/security.md)
+    tighten_home(home, log=log)
     creds = _credentials(home)
-    if bundled:  # like a lab's partly labeled data: two images per class come labeled
+    # the backend gets a loopback address of its own: Label Studio's SSRF protection stays on and
+    # lets through that one address only (ml_backend.labelstudio.server)
+    backend_host = backend_loopback_host()
+    if bundled and not fov:  # like a lab's partly labeled data: two images per class come labeled
         labels = _starter_labels(images, home)
     require_free_port(port, "Label Studio", "--port")
-    require_free_port(backend_port, "the ML backend", "--backend-port")
+    require_free_port(backend_port, "the ML backend", "--backend-port", backend_host)
     started = []
 
     def stop_all():
@@ -123,7 +139,7 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
         log(f"starting Label Studio on http://127.0.0.1:{port}" + (" (first start: about a minute)" if first else "")
             + " ...")
         files = projects.links_root(settings)
-        ls = LabelStudioServer(data_dir=ls_dir, document_root=files,
+        ls = LabelStudioServer(data_dir=ls_dir, document_root=files, allow_hosts=(backend_host,),
                                port=port, username=creds["username"], password=creds["password"], token=creds["token"])
         started.append(ls)   # before start(): Ctrl-C during the start stops it too
         try:
@@ -131,17 +147,17 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
         except LabelStudioServerError as exc:
             raise ServiceError(str(exc)) from None
         settings.label_studio_url, settings.label_studio_api_key = ls.url, creds["token"]
-        settings.backend_url = f"http://127.0.0.1:{backend_port}"
+        settings.backend_url = f"http://{backend_host}:{backend_port}"
         os.environ["LOCAL_FILES_DOCUMENT_ROOT"] = str(files)
         log("starting the ML backend and a worker ...")
-        started.append(start_backend(settings, backend_port, home / "logs"))
+        started.append(start_backend(settings, backend_port, home / "logs", host=backend_host))
         started.append(start_worker(settings, home / "logs"))
         from scopeloop.settings import write_settings_file
 
         write_settings_file(settings)
         log(f"creating the project from {images} ...")
         ws, report = projects.init(settings, name, images, classes, labels=labels, backend_url=settings.backend_url,
-                                   model={"image_size": 128})
+                                   model={"image_size": 128}, cells={"mode": "auto"} if fov else None)
         name = ws.root.name
         log(report.summary())
         q = RefreshQueue(connect_redis(settings.redis_url))

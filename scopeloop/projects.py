@@ -25,6 +25,7 @@ from label_config import parse_config
 from ml_backend.labelstudio.client import LabelStudioError
 from ml_backend.labelstudio.project_setup import init_project
 from ml_backend.labelstudio.qc_tasks import publish_verdicts, record_imported, task_fields
+from ml_backend.security import inside
 from trainer.store.atomic import write_json_atomic
 from trainer.store.workspace import DEFAULT_MODEL, Workspace, project_dirs, read_json
 
@@ -68,12 +69,13 @@ def _resolve_name(settings, images: Path, name: str | None) -> str:
     if name:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
             raise ProjectError(f"project name {name!r}: use up to 64 letters, digits, '.', '_' or '-'")
-        other = projects.get(name, {}).get("images_root")
+        other = projects.get(name, {}).get("fields_root") or projects.get(name, {}).get("images_root")
         if other and Path(other).resolve() != images:
             raise ProjectError(f"project '{name}' already belongs to the folder {other}; "
                                f"give this folder its own name with --project")
         return name
-    same = [n for n, p in projects.items() if p.get("images_root") and Path(p["images_root"]).resolve() == images]
+    same = [n for n, p in projects.items() if (p.get("fields_root") or p.get("images_root"))
+            and Path(p.get("fields_root") or p["images_root"]).resolve() == images]  # fields: cells project
     if same:
         return same[0]                     # resume this folder's project
     name, base, i = project_name(images), project_name(images), 2
@@ -95,7 +97,7 @@ def _link(link: Path, target: Path) -> None:
 
 
 def init(settings, name: str | None, images, classes=None, labels=None, backend_url: str | None = None,
-         model: dict | None = None, reading: dict | None = None):
+         model: dict | None = None, reading: dict | None = None, cells: dict | None = None):
     """Create or resume the project for image folder `images`; returns (Workspace, InitReport).
 
     `name`: the project name (default: the folder's project, else a name made from the folder's
@@ -104,6 +106,13 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
     made into ``model["preprocessing"]`` once here (per-dataset ranges from a sample of the
     folder) and used by previews, the refresh, the models and so /predict and export. Raises ProjectError / LabelStudioError / FileNotFoundError with a message that says
     what to do; on any failure Label Studio and the disk are left as they were.
+
+    `cells`: `images` holds fields of view and each cell is a task (`scopeloop.cells_project`): {"mode":
+    "auto" | "masks" | "points", "masks": folder, "points": CSV, "border": "label" | "skip",
+    "diameter": pixels or None}; None keeps what the project has (a cells project stays one).
+    The cells' crops become the project's images (``images_root`` = ``<work>/cells/crops``, keys
+    ``<field key>/<stem>_cell<id>.png``, `trainer.cells.project`); the fields stay where they are
+    (``fields_root``); the annotator sees each cell's context view.
     """
     from trainer.io.folders import list_images
     from trainer.io.project_reading import project_reading
@@ -115,8 +124,16 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
     if not pool:
         raise ProjectError(f"no images (PNG, JPEG, TIFF, BMP) found under '{images}'; check the folder")
     name = _resolve_name(settings, images, name)
-    old_model = (read_json(settings.project_dir(name) / "project.json", {}) or {}).get("model") or {}
+    old_project = read_json(settings.project_dir(name) / "project.json", {}) or {}
+    old_model = old_project.get("model") or {}
     model = dict(DEFAULT_MODEL, **(model or old_model))
+    if cells is None and old_project.get("cells"):
+        cells = {"mode": old_project["cells"].get("mode", "auto")}  # resume as a cells project
+    field_reading = None
+    if cells is not None:  # the fields' reading settings make the crops; the model reads 8-bit PNG crops
+        field_reading = {k: v for k, v in dict(reading or {}, channels=model.get("channels")).items()
+                         if k in ("stack", "plane", "timepoint", "channels") and v is not None} or None
+        model["channels"], reading, old_model = None, None, {}
     try:
         reader = project_reading(pool, reading, old_model.get("preprocessing"), model.get("channels"))
     except ValueError as exc:
@@ -138,8 +155,15 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
         before = None                      # deleted in Label Studio: make a new one
     created_pid = None
     try:
-        _link(link_dir / "images", images)
         (work / "previews").mkdir(parents=True, exist_ok=True)
+        cell_index = None
+        if cells is not None:  # fields of view: one task per cell, its crop is the image (trainer.cells.project)
+            from scopeloop.cells_project import prepare
+
+            cell_index, cell_record, cells_summary = prepare(work, images, cells, old_project.get("cells"), field_reading)
+            model["cells"] = cell_record
+        label_root = (work / "cells" / "crops").resolve() if cells is not None else images
+        _link(link_dir / "images", label_root)
         _link(link_dir / "previews", (work / "previews").resolve())
         if before is None:
             existing = client.find_project(ls_title(name))
@@ -157,18 +181,33 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
             else:
                 before = existing
         label_config = None if created_pid else client.get_project(before)["label_config"]
-        verdicts, qc = _quality_pass(work, images)  # issue 14: every image judged before it reaches the queue
+        if cell_index is None:
+            verdicts, qc = _quality_pass(work, images)  # issue 14: every image judged before it reaches the queue
+        else:  # a blank / out-of-focus field marks its cells
+            from scopeloop.cells_project import quality
+
+            verdicts, qc = quality(work, images, cell_index)
+            labels = labels or qc.pop("labels", None)  # classes an importer gave (points CSV, GeoJSON)
         shown: dict = {}  # key -> the verdict fields a new task carries in its import
 
         def task_data(key):
             shown[key] = task_fields(verdicts.get(key))
+            if cell_index is not None and key in cell_index:
+                from trainer.cells.project import task_fields as cell_fields
+
+                return dict(shown[key], **cell_fields(cell_index[key]))
             return shown[key]
 
-        report = init_project(client, images, classes, labels=labels, backend_url=backend_url, label_config=label_config,
+        report = init_project(client, label_root, classes, labels=labels, backend_url=backend_url, label_config=label_config,
                               document_root=docroot, previews_dir=work / "previews", title=ls_title(name),
                               task_data=task_data if verdicts is not None else None,
                               project_id=before, served_root=link_dir / "images",
-                              served_previews=link_dir / "previews", reader=reader)
+                              served_previews=link_dir / "previews", reader=reader,
+                              backend_token=_backend_token(settings) if backend_url else "",
+                              shown_file=None if cell_index is None else
+                              (lambda key: work / "previews" / (key + ".png")))
+        if cell_index is not None:
+            report.cells = cells_summary
         project = client.get_project(report.project_id)
         cfg = parse_config(project["label_config"])
         # the refresh's key -> task map, from the import itself: the first refresh lists no task
@@ -196,7 +235,9 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
             raise LabelStudioError(f"project '{name}' was not created (nothing changed): {_first_line(exc)}") from None
         raise
     ws = Workspace(work)
-    ws.update_project(name=name, images_root=str(images), classes=list(cfg.classes), ls_project_id=report.project_id,
+    if cells is not None:
+        ws.update_project(fields_root=str(images), cells=model["cells"])
+    ws.update_project(name=name, images_root=str(label_root), classes=list(cfg.classes), ls_project_id=report.project_id,
                       from_name=cfg.from_name, to_name=cfg.to_name,
                       model=model,
                       n_tasks=report.created + report.existing, document_root=str(docroot),
@@ -213,7 +254,8 @@ def _quality_pass(work: Path, images: Path) -> tuple[dict | None, dict]:
     from trainer.quality.project import QC_DIR, project_qc
 
     try:
-        keys = [image_key(p, images) for p in list_images(images) if not p.is_relative_to(work)]
+        keys = [image_key(p, images) for p in list_images(images)
+                if not p.is_relative_to(work) and inside(p, images)]  # links leaving the folder: never read
         # a project whose last pass had embeddings (the worker's): judge the new images for their
         # import without overwriting those verdicts (near duplicates, unusual) with pixel-only ones;
         # the refresh that the new tasks start judges everything again and updates Label Studio
@@ -226,6 +268,15 @@ def _quality_pass(work: Path, images: Path) -> tuple[dict | None, dict]:
     for v in verdicts.values():
         counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
     return verdicts, {"counts": counts, "csv": str(work / QC_DIR / "qc.csv"), "stored": not keep}
+
+
+def _backend_token(settings) -> str:
+    """The ML backend's token Label Studio is given ("" when SCOPELOOP_BACKEND_AUTH=off)."""
+    from ml_backend.security import auth_disabled, backend_token
+
+    if auth_disabled():
+        return ""
+    return settings.backend_token or backend_token(settings.home)
 
 
 def _ls_project_exists(client, pid) -> bool:

@@ -122,7 +122,7 @@ class Refresher:
     def task_ids(self, pid: int, refresh: bool = False) -> dict[str, int]:
         """Image key -> task id of every task. Listing 10,000 tasks costs Label Studio seconds,
         so the map is cached in the work directory and re-read only when the task count moved."""
-        cache = read_json(self.ws.root / "tasks.json", None)
+        cache = read_json(self.ws.root / "tasks.json", None, heal=True)  # a bad one is set aside, re-listed
         count = int(self.client.get_project(pid).get("task_number") or 0)
         if refresh or not cache or cache.get("count") != count:
             cache = {"count": count, "tasks": self.client.task_keys(pid)}
@@ -395,12 +395,12 @@ class Refresher:
                 and reader_of(cur) == self.reader
             if same and cur.get("weights_source") and (source is None) == (not (path / "backbone.pt").is_file()) \
                     and (source is None or cur["weights_source"] == source):
-                return ModelConfig(**dict(cur, classes=list(self.classes)))
+                return ModelConfig(**dict(cur, classes=list(self.classes), cells=self.model_cfg.get("cells")))
         _, pre, src = self.backbone(weights_file)
         return ModelConfig(self.classes, self.model_cfg["backbone"], self.model_cfg["weights"],
                            self.model_cfg["image_size"], self.model_cfg["channels"], list(pre.mean), list(pre.std), src,
                            features=self.model_cfg["features"],
-                           preprocessing=self.model_cfg.get("preprocessing"))
+                           preprocessing=self.model_cfg.get("preprocessing"), cells=self.model_cfg.get("cells"))
 
     def self_supervised(self, pool_keys: list[str], epochs: int) -> Path:
         """Adapt the backbone to the project's own images (trainer.models.ssl); returns its file."""
@@ -511,6 +511,7 @@ class Refresher:
         rank[order] = np.arange(len(order))
         if probs is not None and version is not None:  # the backend serves live /predict from this
             self.ws.save_predictions(version, keys, probs, self.classes, rank=rank)
+            self.ws.prune_predictions()  # caches of retired versions: a bounded footprint (issue 22)
         n = self.ws.status.get("pushes", 0) + 1
         ls_version = f"scopeloop-v{version or '000'}-{n:05d}"
         rows = []
@@ -554,14 +555,14 @@ def refresh_job(root: str, kind: str = "quick", reason: str = "") -> dict:
     import torch
     from rq import get_current_job
 
-    from ml_backend.queue import RefreshQueue
+    from ml_backend.queue import LOCK_WAIT_S, RefreshQueue
     from scopeloop.settings import load_settings
 
     torch.set_flush_denormal(True)  # long-lived workers drift slower without it (ENVIRONMENT.md)
     settings = load_settings()
     job = get_current_job()
     q = RefreshQueue(job.connection)
-    with q.lock(root, wait_s=3600):
+    with q.lock(root, wait_s=LOCK_WAIT_S[kind]):  # within the job's timeout (ml_backend.queue.TIMEOUTS)
         q.release_pending(root, kind, job.id)
         q.mark_started(root, kind)
         gen = q.generation(root)

@@ -17,14 +17,15 @@ from pathlib import Path
 import requests
 
 from ml_backend.labelstudio.server import port_in_use, stop_process_group
+from scopeloop.security import private_umask
 
 
 class ServiceError(RuntimeError):
     """A service could not start; the message says what to do."""
 
 
-def require_free_port(port: int, what: str, flag: str) -> None:
-    if port_in_use(port):
+def require_free_port(port: int, what: str, flag: str, host: str = "127.0.0.1") -> None:
+    if port_in_use(port, host):
         raise ServiceError(f"port {port} (for {what}) is already in use: stop the program using it "
                            f"(`lsof -i :{port}`) or pick another port with {flag}")
 
@@ -122,7 +123,8 @@ class ChildProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         umask=private_umask())
         return self
 
     def alive(self) -> bool:
@@ -151,11 +153,12 @@ def service_env(settings, **extra) -> dict:
     return env
 
 
-def start_backend(settings, port: int, log_dir: Path) -> ChildProcess:
-    """The ML backend (Flask app scopeloop.wsgi:app) on 127.0.0.1:port; waits for /health."""
-    require_free_port(port, "the ML backend", "--backend-port")
+def start_backend(settings, port: int, log_dir: Path, host: str = "127.0.0.1") -> ChildProcess:
+    """The ML backend (Flask app scopeloop.wsgi:app) on host:port (a loopback address); waits
+    for /health. Auth is on (its token: ml_backend.security.backend_token of settings.home)."""
+    require_free_port(port, "the ML backend", "--backend-port", host)
     child = ChildProcess("ml-backend", [sys.executable, "-m", "flask", "--app", "scopeloop.wsgi:app", "run",
-                                        "--host", "127.0.0.1", "--port", str(port), "--no-reload"],
+                                        "--host", host, "--port", str(port), "--no-reload"],
                          service_env(settings), log_dir / "ml-backend.log").start()
     deadline = time.monotonic() + 60
     try:
@@ -163,7 +166,7 @@ def start_backend(settings, port: int, log_dir: Path) -> ChildProcess:
             if not child.alive():
                 raise ServiceError(f"the ML backend exited during start; log {child.log_path}:\n{child.log_tail()}")
             try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                if requests.get(f"http://{host}:{port}/health", timeout=1).ok:
                     return child
             except requests.RequestException:
                 pass

@@ -14,6 +14,12 @@ Which queues (ml_backend.queue): every worker takes quick refreshes; deep refres
 embedding chunks (the GPU queue) only a worker that sees a CUDA GPU, or one told to with
 `--queues quick,gpu,low` (or SCOPELOOP_WORKER_QUEUES). The GPU is probed in a child process:
 initialising CUDA in this (forking) parent would break CUDA in every job.
+
+Liveness (issue 22): workers heartbeat every SCOPELOOP_WORKER_TTL - 15 s when idle (RQ's default
+405 s kept a killed worker "listening" for 8 minutes); `status` counts a worker whose heartbeat
+is overdue as dead (`ml_backend.queue.worker_alive`). `scopeloop worker --supervise` runs the
+worker as a child process and starts a new one when it dies (kill -9, out of memory), with a
+growing pause when it keeps dying at once; Ctrl-C/SIGTERM stop the child and the supervisor.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import sys
 
 from rq import Worker
 
-from ml_backend.queue import QUEUE_ROLES, connect_redis
+from ml_backend.queue import QUEUE_ROLES, WORKER_TTL, connect_redis
 from scopeloop.settings import Settings
 
 QUEUES_ENV = "SCOPELOOP_WORKER_QUEUES"
@@ -68,9 +74,26 @@ def worker_queues(spec: str | None = None, gpu: bool | None = None, device: str 
     return [QUEUE_ROLES[r][0] for r in roles]
 
 
-def _scheduler_main(settings: Settings, tick_s: float) -> None:
+def _exit_with_parent(parent_pid: int, every_s: float = 2.0) -> None:
+    """End this process when its parent is gone (a worker killed with kill -9 left its scheduler
+    running, orphaned, through restarts of the demo)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _scheduler_main(settings: Settings, tick_s: float, parent_pid: int | None = None) -> None:
     from ml_backend.queue import RefreshQueue
     from scopeloop.scheduler import Scheduler
+
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
 
     sched = Scheduler(RefreshQueue(connect_redis(settings.redis_url, timeout=30)), home=settings.home,
                       client_factory=lambda: settings.label_studio_client(timeout=10))
@@ -107,12 +130,74 @@ def run_worker(settings: Settings, burst: bool = False, scheduler: bool = True,
     redis.ping()
     proc = None
     if scheduler:
-        proc = multiprocessing.get_context("spawn").Process(target=_scheduler_main, args=(settings, tick_s),
+        proc = multiprocessing.get_context("spawn").Process(target=_scheduler_main, args=(settings, tick_s, os.getpid()),
                                                             name="scopeloop-scheduler", daemon=True)
         proc.start()
-    worker = Worker(queues, connection=redis, name=name)  # in priority order
+    worker = Worker(queues, connection=redis, name=name, worker_ttl=WORKER_TTL)  # in priority order
     try:
         worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
     finally:
         if proc is not None:
             proc.terminate()
+
+
+def supervise(child_argv: list[str], log=print, backoff_s: tuple[float, float] = (1.0, 60.0),
+              healthy_s: float = 60.0, max_restarts: int | None = None) -> int:
+    """Run `child_argv` (a `scopeloop worker` command) and start it again whenever it dies.
+
+    A child that exits 0 (a --burst worker done, a clean stop) ends the supervision with 0. A
+    child killed by a signal or failing is restarted after a pause that doubles from
+    backoff_s[0] to backoff_s[1] while it keeps dying within `healthy_s`, and starts again from
+    backoff_s[0] after a run that lasted longer. SIGINT/SIGTERM to the supervisor are passed on
+    to the child, which is waited for: nothing outlives the supervisor. `max_restarts`: stop
+    after that many (tests). Returns the last child's exit status."""
+    import signal
+    import time
+
+    stopping = {"sig": None}
+    child = {"p": None}
+
+    def forward(signum, frame):
+        stopping["sig"] = signum
+        p = child["p"]
+        if p is not None and p.poll() is None:
+            p.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    pause, restarts, rc = backoff_s[0], 0, 0
+    try:
+        while True:
+            started = time.monotonic()
+            child["p"] = p = subprocess.Popen(child_argv)
+            log(f"supervisor: worker started (pid {p.pid})")
+            while True:
+                try:
+                    rc = p.wait()
+                    break
+                except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for the child
+                    continue
+            if stopping["sig"] is not None or rc == 0:
+                return 0 if stopping["sig"] is not None else rc
+            how = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+            if max_restarts is not None and restarts >= max_restarts:
+                log(f"supervisor: worker {how}; not restarted ({restarts} restarts)")
+                return rc
+            pause = backoff_s[0] if time.monotonic() - started > healthy_s else pause
+            log(f"supervisor: worker {how}; starting a new one in {pause:.0f} s")
+            deadline = time.monotonic() + pause
+            while time.monotonic() < deadline and stopping["sig"] is None:
+                time.sleep(0.1)
+            if stopping["sig"] is not None:
+                return 0
+            restarts += 1
+            pause = min(pause * 2, backoff_s[1])
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        p = child["p"]
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()

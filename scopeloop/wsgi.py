@@ -6,8 +6,10 @@ SCOPELOOP_HOME, REDIS_URL, ...; the backend's own SCOPELOOP_BACKEND_* variables:
 import logging
 
 from ml_backend.app import create_app
+from scopeloop.security import apply_umask
 from scopeloop.settings import load_settings
 
+apply_umask()   # owner-only files (scopeloop.security)
 if not logging.getLogger().handlers:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_pool(src: Path, dst: Path, n: int) -> None:
-    """n images as symlinks to the dev set's crops, class folders kept (labels = folder)."""
+    """n images as hard links (else copies) of the dev set's crops, class folders kept (labels = folder)."""
     from trainer.io.folders import scan_imagefolder
 
     items, _ = scan_imagefolder(src)
@@ -36,8 +37,11 @@ def build_pool(src: Path, dst: Path, n: int) -> None:
         p, c = items[i % len(items)]
         (dst / c).mkdir(parents=True, exist_ok=True)
         link = dst / c / f"{i:06d}_{p.name}"
-        if not link.exists():
-            link.symlink_to(p)
+        if not link.exists():  # a hard link (init refuses symlinks that leave the image folder), else a copy
+            try:
+                os.link(p, link)
+            except OSError:
+                shutil.copy2(p, link)
 
 
 def main() -> int:
@@ -63,7 +67,8 @@ def main() -> int:
     build_pool(Path(args.data), pool, args.images)
     os.environ["LOCAL_FILES_DOCUMENT_ROOT"] = "/"
     redis_srv = None if os.environ.get("REDIS_URL") else EmbeddedRedis(work / "redis")
-    ls = LabelStudioServer(data_dir=work / "ls", document_root=Path("/"), port=free_port()).start()
+    # the backend runs on 127.0.0.1: the one address let through Label Studio's SSRF protection
+    ls = LabelStudioServer(data_dir=work / "ls", document_root=Path("/"), port=free_port(), allow_hosts=("127.0.0.1",)).start()
     settings = Settings(home=work / "home", redis_url=os.environ.get("REDIS_URL") or redis_srv.url,
                         label_studio_url=ls.url, label_studio_api_key=ls.token)
     backend_port = free_port()

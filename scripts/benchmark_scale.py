@@ -163,7 +163,7 @@ def run(args) -> dict:
             ls = PostgresLabelStudio(data_dir=work / "ls", document_root=Path("/"), port=free_port())
             ls.database = db
         else:
-            ls = LabelStudioServer(data_dir=work / "ls", document_root=Path("/"), port=free_port())
+            ls = LabelStudioServer(data_dir=work / "ls", document_root=Path("/"), port=free_port(), allow_hosts=("127.0.0.1",))
         t = time.perf_counter()
         ls.start()
         out["ls_start_s"] = round(time.perf_counter() - t, 1)

@@ -28,11 +28,13 @@ def label_studio():
     """A real Label Studio 1.23.2 on a free port, for the whole test session.
 
     Local-files root is "/" so tests can serve images from anywhere (tmp dirs, the repo's data).
+    SSRF protection is on with 127.0.0.1 let through, where the tests run their ML backends.
     Yields the running `ml_backend.labelstudio.server.LabelStudioServer` (`.url`, `.token`).
     """
     from ml_backend.labelstudio.server import LabelStudioServer, free_port
 
-    server = LabelStudioServer(data_dir=TEST_LS_DIR, document_root=Path("/"), port=free_port())
+    server = LabelStudioServer(data_dir=TEST_LS_DIR, document_root=Path("/"), port=free_port(),
+                               allow_hosts=("127.0.0.1",))
     server.start()
     yield server
     server.stop()

@@ -90,7 +90,19 @@ def test_gpu_worker_reserves_a_gpu():
 
 def test_label_studio_reaches_the_backend_and_serves_local_files():
     env = SERVICES["label-studio"]["environment"]
-    assert env["ML_BLOCK_LOCAL_IP"] == "false" and env["SSRF_PROTECTION_ENABLED"] == "false"  # both, or no webhook
+    # SSRF protection on (issue 23); only the backend's fixed address is let through (no other
+    # private or loopback address: LS 1.23's default list minus that one /32)
+    from ml_backend.labelstudio.server import banned_subnets
+
+    assert env["ML_BLOCK_LOCAL_IP"] == "true" and env["SSRF_PROTECTION_ENABLED"] == "true"
+    backend_ip = SERVICES["ml-backend"]["networks"]["default"]["ipv4_address"]
+    subnet = COMPOSE["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    import ipaddress
+
+    assert ipaddress.ip_address(backend_ip) in ipaddress.ip_network(subnet)
+    assert env["USE_DEFAULT_BANNED_SUBNETS"] == "false"
+    assert env["USER_ADDITIONAL_BANNED_SUBNETS"].split(",") == banned_subnets([backend_ip])
+    assert str(SERVICES["label-studio"]["group_add"][0]).startswith("${SCOPELOOP_GID")
     assert env["LOCAL_FILES_SERVING_ENABLED"] == "true"
     assert env["DJANGO_DB"] == "default" and env["POSTGRE_HOST"] == "db"
     for key in ("POSTGRE_NAME", "POSTGRE_USER", "POSTGRE_PASSWORD", "POSTGRE_PORT", "LABEL_STUDIO_USER_TOKEN"):
@@ -104,6 +116,8 @@ def test_label_studio_reaches_the_backend_and_serves_local_files():
         assert senv["REDIS_URL"].endswith("@redis:6379/0")
         assert senv["LABEL_STUDIO_API_KEY"] == env["LABEL_STUDIO_USER_TOKEN"]
         assert senv["LOCAL_FILES_DOCUMENT_ROOT"] == env["LOCAL_FILES_DOCUMENT_ROOT"]
+        assert senv["SCOPELOOP_UMASK"] == "027" and "SCOPELOOP_BACKEND_AUTH" not in senv  # auth stays on
+        assert senv["SCOPELOOP_BACKEND_WEBHOOK_AUTH"].endswith(":-1}")
     assert "9090" in SERVICES["ml-backend"]["command"]
 
 

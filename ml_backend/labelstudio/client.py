@@ -248,16 +248,49 @@ class LabelStudioClient:
                        project=project_id, path=str(path), title=title, use_blob_urls=False)
         return s.id
 
-    def connect_ml_backend(self, project_id: int, url: str, title: str = ML_BACKEND_TITLE) -> int:
-        """Connect the backend (LS then calls its /health + /setup and creates the webhook)."""
+    def connect_ml_backend(self, project_id: int, url: str, title: str = ML_BACKEND_TITLE, token: str = "") -> int:
+        """Connect the backend (LS then calls its /health + /setup and creates the webhook).
+
+        `token`: the backend's token (ml_backend.security). LS 1.23 calls an ML backend with
+        "Basic Auth" (user "scopeloop", the token as password) and its ML webhook gets an
+        `Authorization: Token` header; a backend connected before gets both updated."""
+        from ml_backend.security import BASIC_USER
+
+        auth = dict(auth_method="BASIC_AUTH", basic_auth_user=BASIC_USER, basic_auth_pass=token) if token else {}
+        why = (f"connect ML backend {url} (is it running? Label Studio calls its /health and /setup"
+               + ("; a 401 there: the backend's token differs from this one (SCOPELOOP_BACKEND_TOKEN, "
+                  "<SCOPELOOP_HOME>/backend_token)" if token else "; a backend with auth on answers 401 without its token")
+               + "; 'reserved network address': Label Studio's SSRF settings do not allow the backend's address, "
+               "see docs/security.md)")
+        found = None
         for b in self._call("list ML backends", self.sdk.ml.list, project=project_id):
             if b.url.rstrip("/") == url.rstrip("/"):
-                return b.id
-        b = self._call(f"connect ML backend {url} (is it running? LS calls its /health and "
-                       "/setup; loopback needs ML_BLOCK_LOCAL_IP=false and "
-                       "SSRF_PROTECTION_ENABLED=false)", self.sdk.ml.create,
-                       project=project_id, url=url, title=title, is_interactive=False)
-        return b.id
+                found = b.id
+                if token:
+                    self._call(why, self.sdk.ml.update, b.id, url=b.url, project=project_id, **auth)
+                break
+        if found is None:
+            found = self._call(why, self.sdk.ml.create, project=project_id, url=url, title=title,
+                               is_interactive=False, **auth).id
+        if token:
+            self._webhook_auth(project_id, url.rstrip("/") + "/webhook", token)
+        return found
+
+    def _webhook_auth(self, project_id: int, webhook_url: str, token: str) -> None:
+        """Give the ML webhook LS made for the backend the token header (LS 1.23 sets none).
+        Plain HTTP: the SDK's webhook list takes no project filter in this version."""
+        hooks = self._http("GET", f"/api/webhooks/?project={int(project_id)}", "list webhooks") or []
+        mine = [h for h in hooks if h.get("url") == webhook_url and h.get("project") == project_id]
+        if not mine:
+            raise LabelStudioError(
+                f"connect ML backend: Label Studio made no webhook {webhook_url}, so labels would not reach "
+                "the backend (its SSRF settings refuse the address? see docs/security.md)")
+        for h in mine:
+            headers = dict(h.get("headers") or {})
+            if headers.get("Authorization") != f"Token {token}":
+                headers["Authorization"] = f"Token {token}"
+                self._http("PATCH", f"/api/webhooks/{int(h['id'])}/", "set the ML webhook's token",
+                           json={"headers": headers})
 
     # ------------------------------------------------------------------- tasks
     def import_tasks(self, project_id: int, tasks: list[dict], progress: bool | None = None) -> list[int]:
@@ -283,13 +316,17 @@ class LabelStudioClient:
     def list_tasks(self, project_id: int, *, annotated: bool | None = None,
                    completed_since: datetime | None = None, fields: str = "all",
                    include: str | None = None, page_size: int = 1000,
-                   task_ids: Iterable[int] | None = None) -> Iterator[dict]:
+                   task_ids: Iterable[int] | None = None,
+                   updated_since: datetime | None = None) -> Iterator[dict]:
         """Tasks as dicts (`fields="all"` includes annotations and predictions).
 
         `annotated=True` keeps tasks with at least one submitted annotation (LS ignores
         `only_annotated`, hence the Data Manager filter). `completed_since` keeps tasks whose
         latest annotation was created after it (incremental sync; edits of older annotations
-        are only seen by a full read). `include="id,data"` is ~10x faster for big projects
+        are only seen by a full read). `updated_since` keeps tasks changed after it: Label Studio
+        1.23.2 bumps a task's `updated_at` on every save or deletion of one of its annotations
+        (`Annotation.update_task`), so an edited label is seen too (the incremental sync's filter).
+        `include="id,data"` is ~10x faster for big projects
         (but turns annotations into id-only stubs). `task_ids`: only these tasks (the Data
         Manager's selectedItems; sent in chunks of TASK_ID_CHUNK, so a few reads stay a few
         requests however large the project is).
@@ -298,11 +335,13 @@ class LabelStudioClient:
             ids = [int(i) for i in task_ids]
             for i in range(0, len(ids), TASK_ID_CHUNK):
                 yield from self._list_tasks(project_id, annotated, completed_since, fields, include, page_size,
-                                            {"all": False, "included": ids[i:i + TASK_ID_CHUNK]})
+                                            {"all": False, "included": ids[i:i + TASK_ID_CHUNK]}, updated_since)
             return
-        yield from self._list_tasks(project_id, annotated, completed_since, fields, include, page_size, None)
+        yield from self._list_tasks(project_id, annotated, completed_since, fields, include, page_size, None,
+                                    updated_since)
 
-    def _list_tasks(self, project_id, annotated, completed_since, fields, include, page_size, selected):
+    def _list_tasks(self, project_id, annotated, completed_since, fields, include, page_size, selected,
+                    updated_since=None):
         items = []
         if annotated is not None:
             items.append({"filter": "filter:tasks:total_annotations", "operator":
@@ -310,6 +349,9 @@ class LabelStudioClient:
         if completed_since is not None:
             items.append({"filter": "filter:tasks:completed_at", "operator": "greater",
                           "type": "Datetime", "value": _ls_datetime(completed_since)})
+        if updated_since is not None:
+            items.append({"filter": "filter:tasks:updated_at", "operator": "greater",
+                          "type": "Datetime", "value": _ls_datetime(updated_since)})
         query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]}
         if selected is not None:
             query["selectedItems"] = selected

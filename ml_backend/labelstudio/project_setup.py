@@ -25,6 +25,7 @@ from PIL import Image
 
 from label_config import build_config, choice_result, parse_config
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError, local_files_url
+from ml_backend.security import inside
 
 BROWSER_SAFE = {".png", ".jpg", ".jpeg", ".bmp"}
 BROWSER_MODES = {"1", "L", "LA", "P", "RGB", "RGBA"}   # 8-bit PIL modes
@@ -41,10 +42,22 @@ class InitReport:
     previews: int = 0           # PNG previews written
     qc: dict | None = None      # image quality: {"counts": {verdict: n}, "csv": path} or {"error": ...}
     task_ids: dict[str, int] = field(default_factory=dict)  # image key -> task id, every task (no re-listing)
+    refused: list[str] = field(default_factory=list)  # keys of links whose real file is outside the folder
+    cells: str | None = None    # fields of view: what finding the cells gave (one line per problem)
+
+    def refused_line(self) -> str:
+        """One line naming the links refused (not imported), or ""."""
+        if not self.refused:
+            return ""
+        names = ", ".join(self.refused[:10]) + (f" and {len(self.refused) - 10} more" if len(self.refused) > 10 else "")
+        return (f"refused {len(self.refused)} link(s) that leave the image folder (not imported, never read): "
+                + names)
 
     def summary(self) -> str:
         s = (f"project {self.project_id}: {self.created} task(s) created, {self.existing} already "
              f"there, {len(self.skipped)} image(s) skipped, {self.labels_imported} label(s) imported")
+        if self.cells:
+            s += "\ncells: " + self.cells
         if self.qc and self.qc.get("counts") is not None:
             c = self.qc["counts"]
             flagged = {v: n for v, n in c.items() if v != "ok" and n}
@@ -54,6 +67,8 @@ class InitReport:
                   + f"; scores per image: {self.qc.get('csv')}")
         elif self.qc and self.qc.get("error"):
             s += f"\nimage quality not checked: {self.qc['error']} (the worker's first refresh checks again)"
+        if self.refused:
+            s += "\n" + self.refused_line()
         for item in self.skipped[:20]:
             s += f"\n  skipped {item['path']}: {item['reason']}"
         for item in self.labels_skipped[:20]:
@@ -67,7 +82,8 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
                  backend_url: str | None = None, label_config: str | None = None,
                  project_id: int | None = None, served_root: str | Path | None = None,
                  task_data: Callable[[str], dict] | None = None,
-                 served_previews: str | Path | None = None, reader=None) -> InitReport:
+                 served_previews: str | Path | None = None, reader=None, backend_token: str = "",
+                 shown_file: Callable[[str], Path | None] | None = None) -> InitReport:
     """Create or update the project for `images`; see the module docstring.
 
     `labels`: a CSV path (`file,label`; file relative to `images` or a unique file name), or
@@ -78,6 +94,9 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
     `served_root` / `served_previews`: the paths Label Studio reaches `images` / `previews_dir`
     by (links under its root, see scopeloop.projects); default: the folders themselves.
     `task_data(key)`: extra data fields for each new task (see the module docstring).
+    `shown_file(key)`: the file the annotator sees for `key` instead of the image itself (a PNG
+    under `previews_dir`, e.g. a cell's context view, `trainer.cells.project`), or None for the usual.
+    `backend_token`: the ML backend's token, handed to Label Studio when connecting it ("" = none).
     `reader`: the project's reading settings (`trainer.io.settings.Preprocessing`): previews show
     what the model sees, and with ``stack="planes"`` each Z plane is its own task (key
     ``<file>#z<k>``). Previews made under other settings are remade in place (same URLs).
@@ -116,20 +135,26 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
     new_tasks, new_keys = [], []
     from tqdm.auto import tqdm  # a progress bar on a terminal: 100,000 images take minutes
 
-    for path in tqdm(expand_planes((p for p in list_images(root) if not p.is_relative_to(previews)), reader),
+    listed = [p for p in list_images(root) if not p.is_relative_to(previews)]
+    # (previews kept inside the image folder are not images to label); a symlink whose real file
+    # is outside the folder is refused: Label Studio would serve it to every annotator
+    report.refused = [image_key(p, root) for p in listed if not inside(p, root)]
+    refused = set(report.refused)
+    for path in tqdm(expand_planes((p for p in listed if image_key(p, root) not in refused), reader),
                      desc="reading images", unit="img", disable=None):
-        # (previews kept inside the image folder are not images to label)
         key = image_key(path, root)
         if key in existing:
             report.existing += 1
-            if stale and (previews / (key + ".png")).is_file():
+            if stale and shown_file is None and (previews / (key + ".png")).is_file():
                 try:  # same URL, remade as the model now reads it
                     report.previews += _browser_file(path, previews / (key + ".png"), reader, stale=True)[1]
                 except Exception:  # noqa: BLE001 - the old preview stays; reading reports it later
                     pass
             continue
         try:
-            shown, made_preview = _browser_file(path, previews / (key + ".png"), reader, stale)
+            own = shown_file(key) if shown_file is not None else None
+            shown, made_preview = (Path(own).resolve(), False) if own is not None and Path(own).is_file() \
+                else _browser_file(path, previews / (key + ".png"), reader, stale)
         except Exception as e:  # any decoder error: report and go on
             report.skipped.append({"path": str(path), "reason": str(e) or e.__class__.__name__})
             continue
@@ -162,7 +187,7 @@ def init_project(client: LabelStudioClient, images: str | Path, classes: list[st
                 client.create_annotation(task_id, label, cfg.from_name, cfg.to_name)
                 report.labels_imported += 1
     if backend_url:
-        client.connect_ml_backend(pid, backend_url)
+        client.connect_ml_backend(pid, backend_url, token=backend_token)
     client.setup_ordering(pid)
     return report
 

@@ -8,12 +8,19 @@ environment variables so the start is non-interactive (measured on LS 1.23.2):
   admin account, so those are scrubbed.
 * The legacy API token only takes effect when the organization is first created, i.e. on the
   first start with an empty data dir. Reusing a data dir keeps the token it was created with.
-* The ML backend and its webhook live on loopback: both ``ML_BLOCK_LOCAL_IP=false`` and
-  ``SSRF_PROTECTION_ENABLED=false`` are needed, otherwise LS saves the backend but creates no
-  webhook and training events never arrive.
+* SSRF protection stays ON (``SSRF_PROTECTION_ENABLED``, ``ML_BLOCK_LOCAL_IP`` left at true):
+  Label Studio must not fetch loopback or private addresses for a user (a task URL, a webhook).
+  Only the ML backend's own address is let through: with ``allow_hosts`` (the backend's IP)
+  ``USE_DEFAULT_BANNED_SUBNETS=false`` and ``USER_ADDITIONAL_BANNED_SUBNETS`` = LS 1.23.2's
+  default banned list with exactly those addresses cut out (``banned_subnets``). LS has no
+  allow-list setting; this is the one that exists (core.utils.io.validate_ip). The demo runs
+  its backend on a loopback address of its own (127.0.0.2, see `backend_loopback_host`), so
+  127.0.0.1, where Label Studio, Redis and other users' services listen, stays refused.
+* The process runs with umask 077 (``umask``): its database and files are owner-only.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -28,6 +35,54 @@ import requests
 # Variables LS would pick up as a bare fallback for its own settings.
 _SCRUB = ("USERNAME", "PASSWORD", "USER_TOKEN", "HOST", "PORT", "BASE_DATA_DIR",
           "DJANGO_DB", "DATABASE_URL", "POSTGRE_HOST", "POSTGRE_NAME")
+
+
+# Label Studio 1.23.2's default banned subnets (core.utils.io.validate_ip), checked against its
+# source by tests/ml_backend/labelstudio/test_server.py
+DEFAULT_BANNED_SUBNETS = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "233.252.0.0/24", "240.0.0.0/4",
+    "255.255.255.255/32", "::/128", "::1/128", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96",
+    "64:ff9b:1::/48", "100::/64", "2001:0000::/32", "2001:20::/28", "2001:db8::/32", "2002::/16",
+    "fc00::/7", "fe80::/10", "ff00::/8",
+)
+BACKEND_LOOPBACK = "127.0.0.2"   # the demo's ML backend: a loopback address nothing else uses
+
+
+def banned_subnets(allow: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """LS's default banned subnets with the addresses in `allow` (single IPs) cut out."""
+    nets = [ipaddress.ip_network(n) for n in DEFAULT_BANNED_SUBNETS]
+    for a in allow:
+        ip = ipaddress.ip_network(ipaddress.ip_address(a))
+        out = []
+        for n in nets:
+            if n.version == ip.version and ip.subnet_of(n):
+                out.extend(n.address_exclude(ip))
+            else:
+                out.append(n)
+        nets = out
+    return [str(n) for n in nets]
+
+
+def ssrf_env(allow_hosts: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """Label Studio's SSRF settings: protection on; only `allow_hosts` (IP addresses) exempt."""
+    env = {"SSRF_PROTECTION_ENABLED": "true", "ML_BLOCK_LOCAL_IP": "true"}
+    if allow_hosts:
+        env.update({"USE_DEFAULT_BANNED_SUBNETS": "false",
+                    "USER_ADDITIONAL_BANNED_SUBNETS": ",".join(banned_subnets(allow_hosts))})
+    return env
+
+
+def backend_loopback_host() -> str:
+    """BACKEND_LOOPBACK when this machine can bind it (Linux: all of 127/8 is loopback), else
+    127.0.0.1 (macOS without an lo0 alias; then loopback URLs of 127.0.0.1 are let through)."""
+    try:
+        with socket.socket() as s:
+            s.bind((BACKEND_LOOPBACK, 0))
+        return BACKEND_LOOPBACK
+    except OSError:
+        return "127.0.0.1"
 
 
 class LabelStudioServerError(RuntimeError):
@@ -77,6 +132,8 @@ class LabelStudioServer:
     password: str = "scopeloop-admin"
     token: str = "scopeloop-dev-token"
     start_timeout: float = 240.0
+    allow_hosts: tuple[str, ...] = ()   # IPs exempt from SSRF protection: the ML backend's (see module doc)
+    umask: int = 0o077
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
@@ -101,8 +158,7 @@ class LabelStudioServer:
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LOCAL_FILES_SERVING_ENABLED": "true",
             "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
-            "ML_BLOCK_LOCAL_IP": "false",
-            "SSRF_PROTECTION_ENABLED": "false",
+            **ssrf_env(self.allow_hosts),
             "SENTRY_DSN": "",
             "FRONTEND_SENTRY_DSN": "",
             "LATEST_VERSION_CHECK": "false",
@@ -140,12 +196,15 @@ class LabelStudioServer:
             raise LabelStudioServerError(
                 f"port {self.port} on 127.0.0.1 is already in use; stop what listens there "
                 f"(e.g. an older Label Studio: `lsof -i :{self.port}`) or choose another port")
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        if not Path(self.data_dir).exists():   # made here: owner-only (its database holds the tokens)
+            Path(self.data_dir).mkdir(parents=True, mode=0o700)
         Path(self.document_root).mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666 & ~self.umask)
+        log = os.fdopen(fd, "ab")
         self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)  # own group: stop() kills children
+                                     start_new_session=True,  # own group: stop() kills children
+                                     umask=self.umask)
         log.close()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

@@ -4,13 +4,15 @@ A webhook only says "something changed"; what changed is read here, so a webhook
 the backend was down (Label Studio never retries) loses no label. The snapshot is stored in
 the project's work directory (labels.json):
 
-  {"cursor": <ISO time of the newest annotation seen>, "project_id": int,
+  {"cursor": <ISO time of the newest task change seen>, "project_id": int,
    "tasks": {"<task id>": {"key", "label", "annotations": [{"id", "label", "annotator",
              "created_at", "updated_at"}], "disagreement": bool}}}
 
-Incremental reads ask only for tasks completed after the cursor; a full read (first sync,
-deep refresh, after edits/deletions) rebuilds the snapshot, which also catches edited and
-deleted annotations.
+Incremental reads ask only for annotated tasks UPDATED after the cursor (Label Studio bumps a
+task's `updated_at` whenever one of its annotations is created, edited or deleted), so a label an
+annotator corrects (ANNOTATION_UPDATED) reaches the next quick refresh; asking for tasks
+completed after the cursor missed every edit of an older annotation. A full read (first sync,
+deep refresh, a count mismatch after a deletion) rebuilds the snapshot.
 
 A task whose final answer is the reserved choice `label_config.UNUSABLE` ("Unusable image")
 keeps that answer as its `label` in the snapshot, but it is never a class: `labels_by_key`
@@ -50,12 +52,13 @@ def sync_labels(client, ws: Workspace, full: bool = False) -> dict:
     tasks = dict(snap.get("tasks", {})) if cursor else {}
     since = datetime.fromisoformat(cursor.replace("Z", "+00:00")) - timedelta(seconds=2) if cursor else None
     newest = cursor
-    for t in client.list_tasks(pid, annotated=True, completed_since=since):
+    for t in client.list_tasks(pid, annotated=True, updated_since=since):
         rec = task_record(t, from_name)
         tasks[str(t["id"])] = rec
-        done = _iso(t.get("completed_at")) or (rec["annotations"][-1]["updated_at"] if rec["annotations"] else None)
-        if done and (newest is None or str(done) > newest):
-            newest = str(done)
+        for done in (_iso(t.get("updated_at")), _iso(t.get("completed_at")),
+                     rec["annotations"][-1]["updated_at"] if rec["annotations"] else None):
+            if done and (newest is None or str(done) > newest):
+                newest = str(done)
     snap = {"cursor": newest, "project_id": pid, "tasks": tasks}
     if cursor and annotation_count(snap) != int(client.get_project(pid).get("total_annotations_number") or 0):
         return sync_labels(client, ws, full=True)

@@ -22,15 +22,25 @@ def link_or_copy(src, dst) -> None:
 
 
 def current_head(ws: Workspace):
-    """The current model's linear head and its embedding space (None before any model)."""
+    """The current model's linear head and its embedding space (None before any model).
+
+    A current version whose head or config cannot be loaded (a truncated head.pt) is set aside
+    (`ModelRegistry.mark_bad`) and the newest valid version is served and read instead."""
     import torch
 
     from trainer.models.head import LinearHead
 
-    path = ws.registry.current_path()
-    if path is None:
-        return None, None
-    sd = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
-    cfg = json.loads((path / "config.json").read_text())
-    head = LinearHead(sd["weight"].numpy(), sd["bias"].numpy())
-    return head, read_json(path / "provenance.json", {}).get("embedding_space") or space_id_of(cfg)
+    reg = ws.registry
+    for _ in range(len(reg.versions()) + 1):
+        path = reg.current_path()
+        if path is None:
+            return None, None
+        try:
+            sd = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
+            cfg = json.loads((path / "config.json").read_text())
+            head = LinearHead(sd["weight"].numpy(), sd["bias"].numpy())
+        except Exception as e:  # torch's unpickling errors have no common base
+            reg.mark_bad(path.name, f"its head cannot be loaded ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        return head, read_json(path / "provenance.json", {}).get("embedding_space") or space_id_of(cfg)
+    return None, None

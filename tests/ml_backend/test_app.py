@@ -103,8 +103,10 @@ def redis_db(redis_url):
 
 
 @pytest.fixture
-def make_app(project, redis_db, redis_url):
-    """create_app for the test project on Redis db 15 with a queue of its own; cleans up."""
+def make_app(project, redis_db, redis_url, monkeypatch):
+    """create_app for the test project on Redis db 15 with a queue of its own; cleans up.
+    Auth is off here (SCOPELOOP_BACKEND_AUTH=off); the auth tests delete that setting."""
+    monkeypatch.setenv("SCOPELOOP_BACKEND_AUTH", "off")
     queues = []
 
     default_url = redis_url
@@ -142,6 +144,7 @@ def queued_jobs(app, root) -> list[str]:
 # ------------------------------------------------------------------ health / setup
 
 def test_health_is_fast_and_open(make_app, monkeypatch):
+    monkeypatch.delenv("SCOPELOOP_BACKEND_AUTH")
     monkeypatch.setenv("SCOPELOOP_BACKEND_TOKEN", "s3cret")
     c = make_app().test_client()
     t0 = time.perf_counter()
@@ -359,6 +362,7 @@ def _basic(user, pw) -> dict:
 
 
 def test_auth(make_app, monkeypatch, project):
+    monkeypatch.delenv("SCOPELOOP_BACKEND_AUTH")
     monkeypatch.setenv("SCOPELOOP_BACKEND_USER", "ls")
     monkeypatch.setenv("SCOPELOOP_BACKEND_PASSWORD", "pw:with:colons")
     monkeypatch.setenv("SCOPELOOP_BACKEND_TOKEN", "tok123")
@@ -376,16 +380,20 @@ def test_auth(make_app, monkeypatch, project):
     tasks = predict_body([task(1, project["keys"][0])])
     assert c.post("/predict", json=tasks).status_code == 401
     assert c.post("/predict", json=tasks, headers=_basic("ls", "pw:with:colons")).status_code == 200
-    # LS's own ML webhook carries no credentials: /webhook stays open unless asked
-    assert c.post("/webhook", json={"action": "PROJECT_UPDATED"}).status_code == 200
-    monkeypatch.setenv("SCOPELOOP_BACKEND_WEBHOOK_AUTH", "1")
+    assert c.post("/predict", json=tasks, headers=_basic("scopeloop", "tok123")).status_code == 200
+    assert c.post("/predict", json=tasks, headers=_basic("scopeloop", "pw:with:colons")).status_code == 401
+    # /webhook needs it too (scopeloop gives LS's ML webhook the header), unless explicitly opened
+    assert c.post("/webhook", json={"action": "PROJECT_UPDATED"}).status_code == 401
+    assert c.post("/webhook", json={"action": "PROJECT_UPDATED"},
+                  headers={"Authorization": "Token tok123"}).status_code == 200
+    assert c.get("/versions").status_code == 401
+    monkeypatch.setenv("SCOPELOOP_BACKEND_WEBHOOK_AUTH", "0")
     c2 = make_app().test_client()
-    assert c2.post("/webhook", json={"action": "PROJECT_UPDATED"}).status_code == 401
-    assert c2.post("/webhook", json={"action": "PROJECT_UPDATED"},
-                   headers={"Authorization": "Token tok123"}).status_code == 200
+    assert c2.post("/webhook", json={"action": "PROJECT_UPDATED"}).status_code == 200
 
 
 def test_token_from_settings(make_app, monkeypatch):
+    monkeypatch.delenv("SCOPELOOP_BACKEND_AUTH")
     monkeypatch.delenv("SCOPELOOP_BACKEND_TOKEN", raising=False)
     c = make_app(backend_token="fromsettings").test_client()
     assert c.post("/setup", json=setup_body()).status_code == 401
@@ -396,18 +404,30 @@ def test_wsgi_module_builds_app(monkeypatch, tmp_path):
     import importlib
     import sys
 
+    import os
+
     monkeypatch.setenv("SCOPELOOP_HOME", str(tmp_path))
+    monkeypatch.delenv("SCOPELOOP_BACKEND_AUTH", raising=False)
+    monkeypatch.delenv("SCOPELOOP_BACKEND_TOKEN", raising=False)
     sys.modules.pop("scopeloop.wsgi", None)
-    wsgi = importlib.import_module("scopeloop.wsgi")
-    assert wsgi.app.test_client().get("/health").get_json()["status"] == "UP"
-    assert json.loads(wsgi.app.test_client().post("/setup", json=setup_body()).data)["model_version"] == "untrained"
+    old_umask = os.umask(0o022)
+    try:
+        wsgi = importlib.import_module("scopeloop.wsgi")
+        assert os.umask(0o077) == 0o077            # the backend's process: owner-only files
+    finally:
+        os.umask(old_umask)
+    c = wsgi.app.test_client()
+    assert c.get("/health").get_json()["status"] == "UP"
+    assert c.post("/setup", json=setup_body()).status_code == 401   # auth on by default
+    token = {"Authorization": "Token " + (tmp_path / "backend_token").read_text().strip()}
+    assert json.loads(c.post("/setup", json=setup_body(), headers=token).data)["model_version"] == "untrained"
 
 
 # ------------------------------------------------------------------ real Label Studio
 
 @pytest.mark.labelstudio
 @pytest.mark.slow
-def test_with_real_label_studio(ls_client, project, make_app, project_title, redis_db):
+def test_with_real_label_studio(ls_client, project, make_app, project_title, redis_db, monkeypatch):
     """LS 1.23.2 connects (health + setup), pulls predictions, and sends the webhook."""
     import threading
 
@@ -415,6 +435,10 @@ def test_with_real_label_studio(ls_client, project, make_app, project_title, red
 
     from ml_backend.labelstudio.client import local_files_url
 
+    from ml_backend.security import backend_token
+
+    monkeypatch.delenv("SCOPELOOP_BACKEND_AUTH")   # auth on, as in production: LS gets the token
+    monkeypatch.delenv("SCOPELOOP_BACKEND_TOKEN", raising=False)
     app = make_app()
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -426,7 +450,7 @@ def test_with_real_label_studio(ls_client, project, make_app, project_title, red
         picks = [0, 1, N_CACHED, N_CACHED + 1]          # two cached, two computed live
         ids = ls_client.import_tasks(pid, [{"image": local_files_url(str(project["images"] / keys[i]).lstrip("/")),
                                             "key": keys[i]} for i in picks])
-        ls_client.connect_ml_backend(pid, f"http://127.0.0.1:{server.server_port}")
+        ls_client.connect_ml_backend(pid, f"http://127.0.0.1:{server.server_port}", token=backend_token(project["home"]))
         ls_client._http("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
                         "retrieve predictions", json={"selectedItems": {"all": True, "excluded": []}})
         by_id = {t["id"]: t for t in ls_client.list_tasks(pid)}

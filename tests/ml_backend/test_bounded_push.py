@@ -95,7 +95,9 @@ def test_refreshes_push_and_prune_the_head_only(ls_client, project_title, pool, 
                              "channels": None})
     r = Refresher(ws, ls_client, log=lambda *_: None)
     ws.embeddings(r.space()[0])._save(keys, emb)  # precomputed: nothing to embed
-    ls_client.connect_ml_backend(pid, backend_url)
+    from ml_backend.security import backend_token
+
+    ls_client.connect_ml_backend(pid, backend_url, token=backend_token(home))  # the backend's auth is on
     ls_client.setup_ordering(pid)
 
     for c in CLASSES:  # starter labels: two per class

@@ -66,3 +66,21 @@ def test_recover_requeues_labels_no_refresh_covered(redis_conn):
     q.mark_done("/p/r", "quick", q.generation("/p/r"))
     redis_conn.delete(q.key("/p/r", "pending", "quick"))
     assert q.recover() == []  # covered: nothing to do
+
+
+def test_job_timeout_covers_the_lock_wait_and_the_work(redis_conn, monkeypatch):
+    """Issue 22: a quick refresh waiting for a deep refresh's lock died of RQ's job timeout (900 s)
+    long before its lock wait (3,600 s) ended. The timeout now covers the wait and the work, and
+    the refresh job waits exactly the queue's lock wait for its kind."""
+    import inspect
+
+    from rq.job import Job
+
+    from ml_backend.queue import LOCK_WAIT_S, WORK_S
+    from scopeloop.refresh import refresh_job
+
+    q = RefreshQueue(redis_conn)
+    for kind in ("quick", "deep"):
+        job = Job.fetch(q.request(f"/p/{kind}", kind), connection=redis_conn)
+        assert job.timeout >= LOCK_WAIT_S[kind] + WORK_S[kind] > LOCK_WAIT_S[kind]
+    assert "wait_s=LOCK_WAIT_S[kind]" in inspect.getsource(refresh_job)

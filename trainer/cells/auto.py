@@ -104,6 +104,30 @@ def separability(s: np.ndarray) -> tuple[float, float]:
     return t, float(w1 * (1 - w1) * (mu1 - mu0) ** 2 / var) if var > 0 else 0.0
 
 
+def background_ceiling(sm: np.ndarray, sds: float) -> float:
+    """A threshold just above the background of a smoothed, rescaled signal (cells bright):
+    the background's mode (the histogram peak below Otsu's threshold) plus `sds` x its spread,
+    the root mean square deviation of the pixels below the mode (the side cells never reach).
+    Faint cells (pale red cells next to a dark white cell) lie above it even where a global
+    threshold between two classes puts them with the background. Returns 1.0 when no
+    background peak can be measured."""
+    hist, edges = np.histogram(sm, bins=256, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    if hist.max() == hist.sum():
+        return 1.0
+    t = float(filters.threshold_otsu(hist=(hist, centres)))
+    h = ndi.gaussian_filter1d(hist.astype(float), 2)
+    low = centres < t
+    if not low.any():
+        return 1.0
+    mode = float(centres[int(np.argmax(np.where(low, h, -1.0)))])
+    flat = sm.ravel()[:: max(1, sm.size // 1_000_000)]
+    below = flat[flat < mode]
+    if below.size < 100:
+        return 1.0
+    return mode + sds * float(np.sqrt(np.mean((below - mode) ** 2)))
+
+
 def smooth(s: np.ndarray, sigma: float) -> np.ndarray:
     return ndi.gaussian_filter(s, sigma, mode="nearest") if sigma > 0 else s
 
@@ -232,6 +256,11 @@ def plan_field(raw: np.ndarray, settings: CellSettings, step: int = 1, name: str
     t, eta = separability(sm)
     if settings.threshold in ("li", "triangle"):
         t = float(getattr(filters, f"threshold_{settings.threshold}")(sm))
+    if settings.background_sds is not None and settings.threshold != "local":
+        ceiling = background_ceiling(sm, settings.background_sds)
+        if ceiling < t:
+            measured["threshold_from"] = "background"
+            t = ceiling
     if eta < MIN_SEPARABILITY or d < 3:
         t = float("nan")
     return FieldPlan(modality, channel, lo, hi, s_lo, s_hi, t, d, sigma, eta, measured, notes)

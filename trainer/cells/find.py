@@ -186,7 +186,7 @@ def _one_field(path: Path, key: str, out: Path, settings: CellSettings, masks, p
         if settings.crops:
             rgb = to_rgb(_unit(raw), settings_channels(settings))
             fill = (np.median(rgb.reshape(-1, 3), axis=0) * 255).astype(np.uint8)
-            wr.add_crops(rows, rgb, diameter, settings.crop_scale, fill)
+            wr.add_crops(rows, rgb, diameter, settings.crop_scale, fill, labels=labels, background=settings.background)
         wr.write_mask(labels)
         wr.commit()
     return rows, info

@@ -30,6 +30,10 @@ class CellSettings:
     threshold: "li" (minimum cross-entropy, Li & Tam 1998; one global threshold per field),
         "otsu", "triangle" (Zack et al. 1977), or "local" (Gaussian-weighted local mean, block of
         about 4 diameters, for uneven illumination; never below half the Otsu threshold).
+    background_sds: the threshold never lies above the background's mode + this many times its
+        spread (`trainer.cells.auto.background_ceiling`): faint cells stay foreground when a much
+        darker or brighter kind of cell (a white cell among pale red cells) pulls a two-class
+        threshold up; None: off.
     smooth: Gaussian sigma in pixels before thresholding; None: diameter / 25 (at least 1).
     min_area, max_area: objects kept, as fractions of the expected cell area pi * diameter**2 / 4.
     split: split touching cells by a distance-transform watershed.
@@ -40,6 +44,9 @@ class CellSettings:
     border: "label" (cells touching the image border are kept, flagged ``edge``) or "skip".
     crop_scale: crop side = crop_scale * diameter (square, centred on the cell), and never
         smaller than 1.2 x the cell's longer box side.
+    background: what a crop shows around its cell: "context" (the field as it is; the default;
+        compared with "masked" by scripts/benchmark_cell_classification.py) or "masked" (the field's median colour outside
+        the cell's mask; `trainer.cells.crops.cut_cell`).
     crops: write one PNG crop per cell.
     tile: core side of a tile for large fields (fields larger than this are processed by tiles).
     max_cells: most cells accepted in one field (an imported label image with more is refused).
@@ -51,6 +58,7 @@ class CellSettings:
     channel: str | int = "auto"
     diameter: float | None = None
     threshold: str = "li"
+    background_sds: float | None = 4.0
     smooth: float | None = None
     min_area: float = 0.05
     max_area: float = 25.0
@@ -59,6 +67,7 @@ class CellSettings:
     split_distance: float = 0.35
     border: str = "label"
     crop_scale: float = 2.0
+    background: str = "context"
     crops: bool = True
     tile: int = 2048
     max_cells: int = 200_000
@@ -78,6 +87,8 @@ class CellSettings:
             raise ValueError(f"threshold '{self.threshold}': use one of {', '.join(THRESHOLDS)}")
         if self.border not in BORDERS:
             raise ValueError(f"border '{self.border}': use one of {', '.join(BORDERS)}")
+        if self.background not in ("context", "masked"):
+            raise ValueError(f"background '{self.background}': use context or masked")
         if self.tile < 256:
             raise ValueError(f"tile {self.tile}: use at least 256 pixels")
         if not 0 < self.min_area < self.max_area:

@@ -8,9 +8,10 @@ PNG relative to <out>, empty without crops), source (classical, masks, geojson, 
 label (a class given by an importer, else empty).
 
 Label images: ``<out>/masks/<image key without suffix>_masks.tif`` (uint16, uint32 above 65,535
-cells; 0 = background), zlib-compressed. Crops: ``<out>/crops/<image key>/<cell_id:05d>.png``,
+cells; 0 = background), zlib-compressed. Crops: ``<out>/crops/<image key>/<image stem>_cell<cell_id:05d>.png``,
 square, side = crop_scale * diameter and at least 1.2 x the cell's longer box side, centred on
-the centroid; outside the field it is filled with the field's median colour.
+the centroid; outside the field (and, with background "masked", outside the cell's own mask)
+it is filled with the field's median colour (`trainer.cells.crops.cut_cell`).
 
 All or nothing per field: crops and mask go to ``<out>/.tmp/`` first and are moved into place
 only when the whole field is written (`FieldWriter.commit`); cells.csv is replaced atomically.
@@ -28,6 +29,8 @@ import numpy as np
 from PIL import Image
 from skimage import measure
 
+from trainer.cells.crops import cut_cell, cut_crop  # noqa: F401 - cut_crop: its home is crops.py
+
 COLUMNS = ["image", "cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area", "edge",
            "crop", "source", "label"]
 
@@ -40,6 +43,12 @@ def mask_path(key: str) -> str:
 
 def crop_dir(key: str) -> str:
     return (Path("crops") / key).as_posix()
+
+
+def crop_name(key: str, cell_id: int) -> str:
+    """File name of a cell's crop: ``<field stem>_cell<id:05d>.png`` (the field's name stays in
+    it, so a file-name group pattern finds a cell's slide or well, and exported names are unique)."""
+    return f"{Path(key).stem}_cell{int(cell_id):05d}.png"
 
 
 def label_dtype(n: int):
@@ -67,23 +76,6 @@ def crop_side(row: dict, diameter: float, crop_scale: float) -> int:
     return int(round(max(crop_scale * diameter, 1.2 * long_side, 8)))
 
 
-def cut_crop(rgb: np.ndarray, cx: float, cy: float, side: int, fill, origin=(0, 0)) -> np.ndarray:
-    """uint8 (side, side, 3) around (cx, cy) (field pixels) from `rgb` ((h, w, 3) uint8 or float in
-    [0, 1], whose top-left is `origin` in the field), `fill` outside."""
-    oy, ox = origin
-    x0, y0 = int(round(cx - side / 2)) - ox, int(round(cy - side / 2)) - oy
-    out = np.empty((side, side, 3), np.uint8)
-    out[:] = fill
-    sy0, sx0 = max(0, y0), max(0, x0)
-    sy1, sx1 = min(rgb.shape[0], y0 + side), min(rgb.shape[1], x0 + side)
-    if sy1 > sy0 and sx1 > sx0:
-        part = rgb[sy0:sy1, sx0:sx1]
-        if part.dtype != np.uint8:
-            part = (np.clip(part, 0, 1) * 255 + 0.5).astype(np.uint8)
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = part[..., :3]
-    return out
-
-
 class FieldWriter:
     """Writes one field's crops and label image under ``<out>/.tmp/`` and moves them into place
     on `commit`; `abort` (or an exception inside ``with``) leaves nothing behind."""
@@ -104,12 +96,14 @@ class FieldWriter:
         return False
 
     def add_crops(self, rows: list[dict], rgb: np.ndarray, diameter: float, crop_scale: float, fill,
-                  origin=(0, 0)) -> None:
-        """Save a crop for each row (cut from `rgb`, top-left at `origin`) and fill row["crop"]."""
+                  origin=(0, 0), labels: np.ndarray | None = None, background: str = "context") -> None:
+        """Save a crop for each row (cut from `rgb`, top-left at `origin`) and fill row["crop"].
+        `labels` (same window as `rgb`) and `background` ("context" or "masked"): see
+        `trainer.cells.crops.cut_cell`."""
         for r in rows:
             side = crop_side(r, diameter, crop_scale)
-            img = cut_crop(rgb, r["x"], r["y"], side, fill, origin)
-            name = f"{r['cell_id']:05d}.png"
+            img = cut_cell(rgb, r, side, fill, labels, background, origin)
+            name = crop_name(self.key, r["cell_id"])
             Image.fromarray(img).save(self.tmp / "crops" / name, compress_level=1)
             r["crop"] = f"{crop_dir(self.key)}/{name}"
 

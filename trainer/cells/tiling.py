@@ -104,7 +104,8 @@ def segment_tiled(source: FieldSource, plan: FieldPlan, settings: CellSettings, 
                         if unit.shape[-1] > 3 else to_rgb(unit)
                     if fill is None:
                         fill = (np.median(rgb.reshape(-1, 3), axis=0) * 255).astype(np.uint8)
-                    writer.add_crops(keep, rgb, plan.diameter, settings.crop_scale, fill, origin=(ry0, rx0))
+                    writer.add_crops(keep, rgb, plan.diameter, settings.crop_scale, fill, origin=(ry0, rx0),
+                                     labels=mapped, background=settings.background)
                 rows.extend(keep)
                 if len(rows) > settings.max_cells:
                     raise ValueError(f"more than {settings.max_cells:,} cells found; raise max_cells "

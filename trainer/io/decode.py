@@ -1,6 +1,7 @@
 """Raw decoding: the field's readers (tifffile + imagecodecs, Pillow, bioio) turn a file into an array with named axes, then one (H, W, C) plane."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -177,10 +178,34 @@ def _read_png16(path: Path, colour_type: int) -> tuple[np.ndarray, int]:
     return arr, orientation
 
 
+def max_pixels() -> int:
+    """The most pixels one image may have: what Pillow refuses as a decompression bomb
+    (2 x Image.MAX_IMAGE_PIXELS, 179 million by default)."""
+    return 2 * int(Image.MAX_IMAGE_PIXELS or 0) or (1 << 62)
+
+
+def _too_large(path: Path, pixels: int) -> ImageReadError:
+    return ImageReadError(path, f"{pixels:,} pixels, over the limit of {max_pixels():,} pixels "
+                                "for one image (Pillow's decompression-bomb guard): export tiles or crops "
+                                "(e.g. QuPath, Fiji) and add those")
+
+
+def _png_size(path: Path) -> int | None:
+    """Width x height from a PNG's IHDR chunk (None if not a PNG)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(head[16:20], "big") * int.from_bytes(head[20:24], "big")
+
+
 def _read_pil(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, int]:
     try:
         png = _png_header(path)
         if png is not None and png[0] == 16:
+            pixels = _png_size(path) or 0
+            if pixels > max_pixels():  # imagecodecs has no guard of its own
+                raise _too_large(path, pixels)
             return _read_png16(path, png[1])
         with Image.open(path) as im:
             if draft_size and im.format == "JPEG":
@@ -194,6 +219,9 @@ def _read_pil(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, in
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
             return np.asarray(im), orientation
+    except Image.DecompressionBombError as exc:  # one huge image is skipped and reported, never the run
+        m = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (182000000 pixels) exceeds limit ..."
+        raise _too_large(path, int(m.group(1)) if m else max_pixels() + 1) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"not a readable image ({exc})") from None
 

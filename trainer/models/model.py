@@ -35,6 +35,10 @@ class ModelConfig:
     preprocessing: dict | None = None
     # the embedding (trainer.models.features.FEATURES); configs written before it existed used "final"
     features: str = "final"
+    # fields of view: how cells were found and cropped for this model (trainer.cells.project
+    # settings_record: crop_scale, background, diameter, border, ...); None = images of single cells.
+    # `scopeloop predict --cells` crops new fields by the same rule.
+    cells: dict | None = None
 
     @property
     def reader(self):

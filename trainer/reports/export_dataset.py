@@ -187,6 +187,10 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
         if ls_export is None:
             raise ExportError("Label Studio's own export needs a connection to Label Studio (not available here)")
         ls_export(out / "label_studio_export.json")
+    if project.get("cells"):  # fields of view: each cell's field, position and box; the masks
+        from trainer.reports.cell_export import export_cells
+
+        summary["cells"] = export_cells(workspace, rows, out)
     (out / "README.md").write_text(dataset_datasheet(summary, rows, project))
     (out / MARKER).write_text(json.dumps(summary, indent=1))
     return summary
@@ -246,7 +250,10 @@ def dataset_datasheet(summary: dict, rows: list[dict], project: dict) -> str:
         "- `images/<class>/<file>`: the original image files (ImageFolder layout; TIFF stays TIFF)\n"
         "- `manifest.csv`: one row per image (task id, original path, label, annotator, time, model prediction)\n"
         "- `split.csv`: train / val / test of every image\n- `label_map.json`: class index -> name\n"
-        "- `left_out.csv`: labeled tasks not exported, with the reason\n- `export.json`: this summary, machine-readable",
+        "- `left_out.csv`: labeled tasks not exported, with the reason\n- `export.json`: this summary, machine-readable"
+        + ("\n- `cells.csv`: per exported cell its field of view, cell_id, centroid, box, area and edge; "
+           "`masks/`: the fields' label images (a cell's value is its cell_id); `cell_settings.json`: how cells "
+           f"were found and cropped (fields: `{summary['cells']['fields_root']}`)" if summary.get("cells") else ""),
         "## Image quality",
         _quality_lines(summary["image_quality"]),
         "## Use", "`scopeloop train --data <this folder>/images` trains on it (all labels; use split.csv for a fixed test set).",

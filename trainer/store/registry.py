@@ -13,10 +13,17 @@ A version is written completely in a temporary folder next to `versions/` and th
 into place: rename is atomic on one file system, so a reader sees a whole version or none.
 Renaming onto an existing (non-empty) version folder fails, which also makes two publishers
 pick different numbers. `current` is replaced atomically the same way.
+
+Read defensively (issue 22): a `current` that is empty, holds junk, or names a missing or broken
+version (an empty model file, an unreadable config.json) is set aside (`trainer.store.heal`) and
+replaced by the newest valid version that was once served, else the newest valid one; a version
+found broken when loaded (`mark_bad`) is set aside as `versions/NNN.bad-<time>` (its number is
+never reused) and `current` moves the same way.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,7 +31,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer.store.atomic import write_text_atomic
+from trainer.store.atomic import explain_disk_full, write_text_atomic
+from trainer.store.heal import BAD_SUFFIX, set_aside
+
+log = logging.getLogger(__name__)
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".json", ".npz", ".npy")  # never legitimately 0 bytes
 
 
 class RegistryError(RuntimeError):
@@ -47,27 +58,78 @@ class ModelRegistry:
             raise RegistryError(f"model version '{version}' does not exist (known: {', '.join(self.versions()) or 'none'})")
         return p
 
+    def problem(self, version: str) -> str | None:
+        """Why version `version` cannot be served (missing, an empty model file, an unreadable
+        config.json), or None when it looks whole. Cheap: a listing, sizes, one small JSON."""
+        p = self.versions_dir / str(version)
+        if not str(version).isdigit() or not p.is_dir():
+            return f"model version {str(version)[:40]!r} does not exist"
+        return _folder_problem(p, f"model version {version}")
+
     def current(self) -> str | None:
+        """The served version, None before any. A `current` that is empty, junk or names a
+        missing or broken version is set aside and healed (`heal_current`)."""
         try:
-            v = (self.root / "current").read_text().strip()
+            v = (self.root / "current").read_bytes().decode("utf-8", "replace").strip()
         except FileNotFoundError:
             return None
-        return v or None
+        if not v:
+            why = "is empty"
+        elif not v.isdigit():
+            why = f"holds {v[:40]!r}, not a version number"
+        else:
+            why = self.problem(v)
+            if why is None:
+                return v
+            why = f"names a version that cannot be served ({why})"
+        return self.heal_current(why)
+
+    def heal_current(self, why: str, exclude: tuple[str, ...] = ()) -> str | None:
+        """Set the bad `current` aside and serve the newest valid version that was once served
+        (else the newest valid one at all); None, with no `current`, when there is none."""
+        set_aside(self.root / "current", f"registry `current` {why}")
+        served = {h.get("version") for h in self.history()} - {None}
+        others = set(self.versions()) - served
+        for v in sorted(served, reverse=True) + sorted(others, reverse=True):
+            if v not in exclude and self.problem(v) is None:
+                self.set_current(v, reason=f"healed: the previous `current` {why}")
+                log.warning("registry %s: serving version %s instead", self.root, v)
+                return v
+        log.warning("registry %s: no valid model version left to serve", self.root)
+        return None
+
+    def mark_bad(self, version: str, why: str) -> str | None:
+        """A version that failed to load: set its folder aside (`versions/NNN.bad-<time>`) and,
+        when it was current, serve the newest valid version instead. Returns the version now
+        current (None: none)."""
+        try:
+            cur = (self.root / "current").read_text().strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            cur = None
+        if (self.versions_dir / version).is_dir():
+            set_aside(self.versions_dir / version, why)
+        if cur == version:
+            return self.heal_current(f"names version {version}, set aside: {why}", exclude=(version,))
+        return self.current()
 
     def current_path(self) -> Path | None:
         v = self.current()
         return self.path(v) if v else None
 
     def read_json(self, version: str, name: str) -> dict:
+        """A JSON file of a version ({} when absent or unreadable: a warning names it)."""
         p = self.path(version) / name
-        return json.loads(p.read_text()) if p.is_file() else {}
+        if not p.is_file():
+            return {}
+        try:
+            return json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            log.warning("%s is not JSON (%s): read as empty", p, type(e).__name__)
+            return {}
 
     def version_log(self) -> list[dict]:
         """One record per published version, oldest first (pruned versions included)."""
-        p = self.root / "versions.jsonl"
-        if not p.is_file():
-            return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return _read_jsonl(self.root / "versions.jsonl")
 
     def _last_logged(self) -> list[str]:
         """The last version number in versions.jsonl (reads only the file's tail)."""
@@ -83,18 +145,22 @@ class ModelRegistry:
             return []
 
     def history(self) -> list[dict]:
-        p = self.root / "promotions.jsonl"
-        if not p.is_file():
-            return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return _read_jsonl(self.root / "promotions.jsonl")
+
+    def _set_aside_numbers(self) -> list[str]:
+        """Numbers of versions set aside as broken (never given to a new version)."""
+        return [p.name.split(BAD_SUFFIX)[0] for p in self.versions_dir.glob(f"*{BAD_SUFFIX}*")
+                if p.name.split(BAD_SUFFIX)[0].isdigit()]
 
     # ------------------------------------------------------------ writing
     @contextmanager
     def staging(self):
         """Yield an empty folder to write a version into; nothing is visible until publish."""
-        tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        with explain_disk_full(self.root):
+            tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
-            yield tmp
+            with explain_disk_full(tmp):  # torch.save on a full disk says only "enforce fail at ..."
+                yield tmp
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -106,8 +172,12 @@ class ModelRegistry:
         staged = Path(staged)
         if not any(staged.iterdir()):
             raise RegistryError("refusing to publish an empty model folder")
+        why = _folder_problem(staged, "the model folder to publish")
+        if why is not None:
+            raise RegistryError(f"refusing to publish {why}")
         for _ in range(1000):
-            existing = self.versions() + self._last_logged()  # numbers of pruned versions stay used
+            # numbers of pruned and set-aside versions stay used
+            existing = self.versions() + self._last_logged() + self._set_aside_numbers()
             n = max(map(int, existing)) + 1 if existing else 1
             target = self.versions_dir / f"{n:03d}"
             try:
@@ -118,8 +188,8 @@ class ModelRegistry:
         else:
             raise RegistryError("could not allocate a version number")
         if record is not None:
-            with open(self.root / "versions.jsonl", "a") as f:
-                f.write(json.dumps(dict(record, version=target.name, time=time.time(), promoted=make_current)) + "\n")
+            _append_jsonl(self.root / "versions.jsonl",
+                          dict(record, version=target.name, time=time.time(), promoted=make_current))
         if make_current:
             self.set_current(target.name, reason or "published")
         return target.name
@@ -143,15 +213,23 @@ class ModelRegistry:
 
     def set_current(self, version: str, reason: str = "set by user") -> None:
         self.path(version)
+        why = self.problem(version)
+        if why is not None:
+            raise RegistryError(f"refusing to serve {why}")
+        # the record first: a write that fails (a full disk) leaves `current` as it was
+        _append_jsonl(self.root / "promotions.jsonl", {"version": version, "time": time.time(), "reason": reason})
         write_text_atomic(self.root / "current", version + "\n")
-        with open(self.root / "promotions.jsonl", "a") as f:
-            f.write(json.dumps({"version": version, "time": time.time(), "reason": reason}) + "\n")
 
-    def rollback(self) -> str:
-        """Serve the newest earlier version that was once current (held-back candidates never are)."""
+    def rollback(self, version: str | None = None) -> str:
+        """Serve `version`, or the newest earlier valid version that was once current (held-back
+        candidates never are)."""
         cur = self.current()
-        served = {h["version"] for h in self.history()}
-        earlier = sorted(v for v in served if cur is None or v < cur)
+        if version is not None:
+            version = f"{int(version):03d}" if str(version).isdigit() else str(version)
+            self.set_current(version, reason=f"rollback from {cur} to {version}")
+            return version
+        served = {h.get("version") for h in self.history()} - {None}
+        earlier = sorted(v for v in served if (cur is None or v < cur) and self.problem(v) is None)
         if not earlier:
             raise RegistryError(f"nothing to roll back to: no version before '{cur}' was ever served")
         self.set_current(earlier[-1], reason=f"rollback from {cur}")
@@ -165,3 +243,52 @@ class ModelRegistry:
                 shutil.rmtree(p, ignore_errors=True)
                 n += 1
         return n
+
+
+def _folder_problem(p: Path, name: str) -> str | None:
+    """Why a model folder is not whole (empty, a 0-byte model file, config.json not a JSON object)."""
+    try:
+        files = [f for f in p.iterdir() if f.is_file()]
+        if not files:
+            return f"{name} is an empty folder"
+        for f in files:
+            if f.suffix in MODEL_FILE_SUFFIXES and f.stat().st_size == 0:
+                return f"{name}: {f.name} is empty (0 bytes)"
+        cfg = p / "config.json"
+        if cfg.is_file() and not isinstance(json.loads(cfg.read_text()), dict):
+            raise ValueError("config.json is not a JSON object")
+    except (OSError, ValueError) as e:
+        return f"{name}: unreadable ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    """One line appended; after a line cut short (a crash, a full disk) the record starts a new
+    line, so only the cut line is lost."""
+    with explain_disk_full(path), open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        cut = False
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        f.write((b"\n" if cut else b"") + json.dumps(record).encode() + b"\n")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a .jsonl file; a line that is not one (a write cut short by a crash or
+    a full disk) is skipped with a warning."""
+    if not path.is_file():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+        else:
+            log.warning("%s line %d is not a JSON object: skipped", path, i + 1)
+    return out

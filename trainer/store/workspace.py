@@ -21,14 +21,23 @@ import numpy as np
 
 from trainer.store.atomic import atomic_path, write_json_atomic
 from trainer.store.embeddings import EmbeddingCache
+from trainer.store.heal import set_aside
 from trainer.store.registry import ModelRegistry
 from trainer.store.space import DEFAULT_FEATURES
 
 
-def read_json(path, default=None):
+def read_json(path, default=None, heal: bool = False):
+    """The JSON in `path`, `default` when it is absent. `heal=True` (state files the loop
+    rebuilds: status.json, labels.json, ...): a file that is not JSON (empty, cut short) is set
+    aside (`trainer.store.heal`) and read as absent, instead of failing every reader."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
+        return default
+    except (ValueError, UnicodeDecodeError) as e:
+        if not heal:
+            raise
+        set_aside(path, f"not JSON: {type(e).__name__}: {str(e)[:120]}")
         return default
 
 
@@ -93,7 +102,7 @@ class Workspace:
     @property
     def labels(self) -> dict:
         """{"cursor": ..., "tasks": {task_id: {"key", "label", "annotator", "updated_at", ...}}}"""
-        return read_json(self.root / "labels.json", {"cursor": None, "tasks": {}})
+        return read_json(self.root / "labels.json", {"cursor": None, "tasks": {}}, heal=True)
 
     def save_labels(self, data: dict) -> None:
         write_json_atomic(self.root / "labels.json", data)
@@ -108,15 +117,62 @@ class Workspace:
         return path
 
     def load_predictions(self, version: str | None = None) -> dict | None:
+        """The prediction cache of `version` (default: current), None when there is none. A
+        cache that cannot be read whole (truncated, keys and probabilities of different lengths)
+        is set aside and read as absent: the backend then computes live, the next refresh
+        writes a new one."""
         version = version or self.registry.current()
-        if version is None or not self.predictions_path(version).is_file():
+        path = self.predictions_path(version) if version else None
+        if path is None or not path.is_file():
             return None
-        with np.load(self.predictions_path(version), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files} | {"version": version}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files} | {"version": version}
+            probs = data["probs"]
+            if probs.ndim != 2 or len(data["keys"]) != len(probs) or len(data["classes"]) != probs.shape[1]:
+                raise ValueError(f"keys {len(data['keys'])}, probs {probs.shape}, classes {len(data['classes'])} disagree")
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, ...
+            set_aside(path, f"prediction cache unreadable: {type(e).__name__}: {str(e)[:120]}")
+            return None
+        return data
+
+    def prune_predictions(self, keep_served: int | None = None, stale_tmp_s: float = 3600) -> list[str]:
+        """Delete the prediction caches of retired versions: kept are the current version's and
+        those of the last `keep_served` versions served before it (what `scopeloop rollback` pushes
+        from; default SCOPELOOP_KEEP_PREDICTIONS=3), so the footprint stays at most
+        keep_served + 1 caches however many versions a project makes. Temp files of writes killed
+        over `stale_tmp_s` ago go too. Returns the versions whose cache was deleted."""
+        import os
+        import time
+
+        keep_served = int(os.environ.get("SCOPELOOP_KEEP_PREDICTIONS", "3")) if keep_served is None else keep_served
+        folder = self.root / "predictions"
+        if not folder.is_dir():
+            return []
+        reg = self.registry
+        cur = reg.current()
+        served = []
+        for h in reversed(reg.history()):
+            v = h.get("version")
+            if v and v != cur and v not in served:
+                served.append(v)
+        keep = {cur, *served[:max(0, keep_served)]}
+        gone = []
+        for p in folder.iterdir():
+            if p.name.startswith("."):
+                if ".tmp" in p.name and time.time() - p.stat().st_mtime > stale_tmp_s:
+                    p.unlink(missing_ok=True)
+                continue
+            if p.suffix == ".npz" and p.stem.isdigit() and p.stem not in keep:
+                p.unlink(missing_ok=True)
+                gone.append(p.stem)
+        return sorted(gone)
 
     @property
     def status(self) -> dict:
-        return read_json(self.root / "status.json", {})
+        return read_json(self.root / "status.json", {}, heal=True)
 
     def update_status(self, **fields) -> None:
         write_json_atomic(self.root / "status.json", dict(self.status, **fields))

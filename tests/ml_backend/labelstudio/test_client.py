@@ -102,12 +102,14 @@ def test_push_refuses_silently_dropped_predictions(ls_client, project):
 
 
 def test_connect_ml_backend_creates_the_webhook(ls_client, project):
-    """LS calls the backend's /health + /setup and, with the SSRF switches off, adds a webhook."""
+    """LS calls the backend's /health + /setup and adds a webhook: SSRF protection on, the backend's
+    address let through (tests/conftest.py). With a token (issue 23) LS calls /setup with basic
+    auth (user "scopeloop", the token) and its ML webhook carries `Authorization: Token`."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    seen = []
+    seen, auths = [], []
 
     class Stub(BaseHTTPRequestHandler):
         def _send(self, body):
@@ -125,6 +127,7 @@ def test_connect_ml_backend_creates_the_webhook(ls_client, project):
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             seen.append(self.path)
+            auths.append((self.path, self.headers.get("Authorization")))
             self._send({"model_version": "000"} if self.path == "/setup" else {})
 
         def log_message(self, *args):
@@ -140,5 +143,14 @@ def test_connect_ml_backend_creates_the_webhook(ls_client, project):
         assert "/setup" in seen
         hooks = ls_client.sdk.webhooks.list(project=str(pid))
         assert any(h.url.startswith(url) for h in hooks), hooks
+        # the same backend again, now with a token: LS's backend setting and the webhook get it
+        import base64
+
+        auths.clear()
+        assert ls_client.connect_ml_backend(pid, url, token="tok-abc123") == backend_id
+        basic = "Basic " + base64.b64encode(b"scopeloop:tok-abc123").decode()
+        assert ("/setup", basic) in auths, auths
+        hook = [h for h in ls_client._http("GET", "/api/webhooks/", "list") if h["url"] == url + "/webhook"]
+        assert hook and hook[0]["headers"]["Authorization"] == "Token tok-abc123"
     finally:
         httpd.shutdown()

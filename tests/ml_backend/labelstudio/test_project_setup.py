@@ -88,3 +88,26 @@ def test_tiff_previews_corrupt_files_and_imagefolder_labels(ls_client, tmp_path,
     again = init_project(ls_client, root, None, labels="imagefolder", title=project_title,
                          document_root="/", previews_dir=tmp_path / "previews")
     assert (again.created, again.existing, again.labels_imported) == (1, 3, 1)
+
+
+def test_symlink_out_of_the_image_folder_is_not_imported(ls_client, tmp_path, project_title):
+    """Issue 23, probe 3: a link inside the image folder to a file outside it was imported as a
+    task and served by Label Studio (/etc/passwd came back through one). Refused now, named in
+    one line; a link that stays inside the folder is an image like any other."""
+    root = tmp_path / "images"
+    (root / "round").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "round" / "a.png")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(outside / "private.png")
+    (root / "round" / "leak.png").symlink_to(outside / "private.png")
+    (root / "round" / "alias.png").symlink_to(root / "round" / "a.png")
+    rep = init_project(ls_client, root, ["round", "long"], title=project_title, document_root="/",
+                       previews_dir=tmp_path / "previews")
+    assert rep.refused == ["round/leak.png"]
+    assert rep.created == 2
+    keys = {t["data"]["key"] for t in ls_client.list_tasks(rep.project_id, fields="task_only")}
+    assert keys == {"round/a.png", "round/alias.png"}
+    line = [x for x in rep.summary().splitlines() if "refused" in x]
+    assert len(line) == 1 and "round/leak.png" in line[0]

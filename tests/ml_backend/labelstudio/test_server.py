@@ -43,7 +43,9 @@ def test_env_scrubs_stray_credentials_and_sets_ssrf_switches(tmp_path, monkeypat
     monkeypatch.setenv("LABEL_STUDIO_PORT", "1234")
     env = LabelStudioServer(data_dir=tmp_path, document_root=tmp_path).env()
     assert "USERNAME" not in env and "PASSWORD" not in env and "LABEL_STUDIO_PORT" not in env
-    assert env["ML_BLOCK_LOCAL_IP"] == "false" and env["SSRF_PROTECTION_ENABLED"] == "false"
+    # SSRF protection stays on (issue 23): nothing exempt unless allow_hosts names the backend's IP
+    assert env["ML_BLOCK_LOCAL_IP"] == "true" and env["SSRF_PROTECTION_ENABLED"] == "true"
+    assert "USE_DEFAULT_BANNED_SUBNETS" not in env and "USER_ADDITIONAL_BANNED_SUBNETS" not in env
     assert env["LOCAL_FILES_SERVING_ENABLED"] == "true"
     assert env["LOCAL_FILES_DOCUMENT_ROOT"] == str(tmp_path)
     with pytest.raises(ValueError, match="longer than 5"):

@@ -1,4 +1,6 @@
 """Label sync against the real Label Studio: new, edited, skipped and deleted annotations."""
+import time
+
 import pytest
 
 from label_config import build_config
@@ -43,3 +45,20 @@ def test_disagreeing_annotators_are_flagged_last_edit_wins(ls_client, synced):
     ls_client.create_annotation(ids[4], "long")
     rec = sync_labels(ls_client, ws, full=True)["tasks"][str(ids[4])]
     assert rec["label"] == "long" and rec["disagreement"] and rec["n_annotations"] == 2
+
+
+def test_edited_label_reaches_the_next_incremental_sync(ls_client, synced):
+    """Issue 22.1: an annotator corrects a label (PATCH /api/annotations/{id}/, the
+    ANNOTATION_UPDATED webhook). Counts and completion times are unchanged, so a sync reading only
+    tasks completed after its cursor kept the old label; the edit bumps the task's updated_at."""
+    from label_config import choice_result
+
+    pid, ids, ws = synced
+    a0 = ls_client.create_annotation(ids[0], "round")
+    time.sleep(2.5)  # the edited annotation lies before the sync's 2 s overlap with its cursor
+    ls_client.create_annotation(ids[1], "long")
+    assert labels_by_key(sync_labels(ls_client, ws)) == {"x/0.png": "round", "x/1.png": "long"}
+    ls_client.sdk.annotations.update(a0, result=[choice_result("label", "image", "long")])
+    snap = sync_labels(ls_client, ws)
+    assert labels_by_key(snap) == {"x/0.png": "long", "x/1.png": "long"}
+    assert annotation_count(snap) == 2

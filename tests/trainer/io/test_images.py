@@ -424,3 +424,23 @@ def test_8bit_image_in_a_12bit_project_is_divided_by_4095(tmp_path):
     out = load_for_model(tmp_path / "g.png", 16, Preprocessing(normalisation="bit-depth", bit_depth=12))
     assert np.allclose(out, 200 / 4095, atol=1e-4)
     assert np.allclose(load_for_model(tmp_path / "g.png", 16), 200 / 255, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode, dtype, suffix", [("L", np.uint8, ".png"), ("I;16", np.uint16, ".png"),
+                                                  ("RGB", np.uint8, ".jpg")])
+def test_decompression_bomb_is_an_image_read_error_naming_the_limit(tmp_path, monkeypatch, mode, dtype, suffix):
+    """Issue 22: a 182-megapixel PNG raised Pillow's DecompressionBombError, which no reader
+    caught: `train`, `predict` and `qc` ended with exit 1. It is now one unreadable image,
+    skipped and reported with the limit named (the limit lowered here to keep the file small)."""
+    from trainer.quality.assess import assess
+
+    shape = (120, 100, 3) if mode == "RGB" else (120, 100)
+    Image.fromarray(np.full(shape, 9, dtype)).save(tmp_path / f"huge{suffix}")
+    Image.fromarray(np.full((40, 40), 200, np.uint8)).save(tmp_path / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # Pillow refuses above 2 x this: 4,000 pixels
+    with pytest.raises(ImageReadError, match=r"huge.*12,000 pixels, over the limit of 4,000 pixels") as e:
+        read_image(tmp_path / f"huge{suffix}")
+    assert "tiles" in str(e.value)
+    paths = list_images(tmp_path)
+    rep = assess(paths, [p.name for p in paths])  # the qc pass goes on
+    assert [r.key for r in rep.results] == ["small.png"] and "huge" in rep.skipped.skipped[0]["path"]

@@ -27,3 +27,29 @@ def test_text_and_json_replace_whole_files(tmp_path):
     assert (tmp_path / "current").read_text() == "003\n"
     assert json.loads((tmp_path / "status.json").read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "status.json"]
+
+
+def test_a_full_disk_is_named_with_its_free_space(tmp_path, monkeypatch):
+    """Issue 22: the registry's only error on a full disk was torch's "enforce fail at
+    inline_container.cc:672"; now every state write says where the disk is full and what is free."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from trainer.store.atomic import DiskFullError
+    from trainer.store.registry import ModelRegistry
+
+    target = tmp_path / "predictions" / "003.npz"
+    with pytest.raises(DiskFullError, match=r"disk full at .*predictions: free \d+\.\d\d GB"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    # a writer that hides the errno (torch.save), on a disk with 1 MB free
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 10**6, 10**6))
+    reg = ModelRegistry(tmp_path / "registry")
+    with pytest.raises(DiskFullError, match=r"free 0\.00 GB.*enforce fail"):
+        with reg.staging():
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    assert reg.versions() == [] and reg.current() is None and not list(reg.root.glob(".staging-*"))

@@ -105,3 +105,63 @@ def _stage(reg, tag):
     tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=reg.root))
     (tmp / "head.pt").write_text(tag)
     return tmp
+
+
+# ---------------------------------------------------------------- issue 22: bad state files heal
+
+def _served_three(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    for tag in "abc":
+        _write_version(reg, tag)  # 001, 002, 003 each served
+    _write_version(reg, "held", make_current=False)  # 004: a held-back candidate
+    return reg
+
+
+@pytest.mark.parametrize("content, why", [(b"", "is empty"), (b"\x00\xffjunk", "not a version number"),
+                                          (b"042\n", "cannot be served")])
+def test_bad_current_is_set_aside_and_the_newest_served_version_serves(tmp_path, caplog, content, why):
+    reg = _served_three(tmp_path)
+    (tmp_path / "current").write_bytes(content)
+    assert reg.current() == "003"  # served before; 004 was held back
+    assert (tmp_path / "current").read_text() == "003\n"
+    aside = list(tmp_path.glob("current.bad-*"))
+    assert len(aside) == 1 and why in caplog.text and aside[0].name in caplog.text
+    assert reg.history()[-1]["reason"].startswith("healed")
+    assert reg.current() == "003" and len(list(tmp_path.glob("current.bad-*"))) == 1  # healed once
+
+
+def test_a_version_with_an_empty_model_file_is_not_served(tmp_path):
+    reg = _served_three(tmp_path)
+    (reg.versions_dir / "003" / "head.pt").write_bytes(b"")  # a 0-byte head.pt (disk full, kill -9)
+    assert reg.current() == "002"
+    assert "head.pt is empty" in reg.problem("003")
+    with pytest.raises(RegistryError, match="refusing to serve"):
+        reg.set_current("003")
+
+
+def test_mark_bad_sets_the_version_aside_and_never_reuses_its_number(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    _write_version(reg, "a")
+    _write_version(reg, "b")
+    assert reg.mark_bad("002", "head.pt truncated") == "001"
+    assert reg.versions() == ["001"] and list(reg.versions_dir.glob("002.bad-*"))
+    with reg.staging() as tmp:
+        (tmp / "head.pt").write_text("c")
+        assert reg.publish(tmp) == "003"
+
+
+def test_rollback_to_a_named_version(tmp_path):
+    reg = _served_three(tmp_path)
+    assert reg.rollback("1") == "001" and reg.current() == "001"
+    assert reg.history()[-1]["reason"] == "rollback from 003 to 001"
+    with pytest.raises(RegistryError, match="does not exist"):
+        reg.rollback("009")
+
+
+def test_a_cut_short_history_line_is_skipped(tmp_path):
+    reg = _served_three(tmp_path)
+    with open(tmp_path / "promotions.jsonl", "a") as f:
+        f.write('{"version": "00')  # a write cut short by a full disk
+    assert [h["version"] for h in reg.history()] == ["001", "002", "003"]
+    assert reg.rollback() == "002"
+    assert [h["version"] for h in reg.history()] == ["001", "002", "003", "002"]
