@@ -81,7 +81,8 @@ def build_config(classes: list[str], *, from_name: str = "label", to_name: str =
     if suggestion:
         # the model's suggestion as text the annotator reads first, marked as the model's; the
         # worker's prediction fills it (ml_backend.labelstudio.client.push_predictions); read-only
-        ET.SubElement(view, "Header", value="Model's suggestion (its class is pre-selected below; check it before you submit):",
+        ET.SubElement(view, "Header", value="Model's suggestion (its class is pre-selected below; check it before you "
+                      "submit; none before two classes have labels):",
                       size="6")
         ET.SubElement(view, "TextArea", name=SUGGESTION_NAME, toName=to_name, editable="false", readonly="true",
                       rows="2", maxSubmissions="0", placeholder="none yet: the model trains once two classes have labels")
@@ -104,15 +105,38 @@ def build_config(classes: list[str], *, from_name: str = "label", to_name: str =
     return xml
 
 
+UNSEEN_TEXT = "looks like none of the trained types"
+
+
+def suggestion_phrase(label: str, confidence: float, prediction_set=None, coverage: float | None = None,
+                      novel: bool = False) -> str:
+    """How a suggestion reads (issue 25): "looks like none of the trained types" for an image the
+    novelty flag marks; "Neutrophil or Eosinophil (90%)" when the prediction set at `coverage`
+    holds more than one class; else "Neutrophil (confidence 93%)"."""
+    if novel:
+        return f"{UNSEEN_TEXT} (closest: {label}, confidence {confidence:.0%})"
+    names = [str(c) for c in (prediction_set or [])]
+    if len(names) > 1 and coverage is not None:
+        return f"{', '.join(names[:-1])} or {names[-1]} ({coverage:.0%})"
+    return f"{label} (confidence {confidence:.0%})"
+
+
 def choice_result(from_name: str, to_name: str, label: str, confidence: float | None = None,
-                  position: int | None = None) -> dict:
+                  position: int | None = None, prediction_set=None, coverage: float | None = None,
+                  novel: bool = False) -> dict:
     """One Label Studio `choices` result: an annotation's (no `confidence`), or the model's
     suggestion with its confidence (0..1, shown to 2 decimals) and its 1-based queue `position`.
-    The one shape both the backend's /predict answers and the worker's pushed predictions use."""
+    The one shape both the backend's /predict answers and the worker's pushed predictions use.
+    With a `prediction_set` of several classes (at `coverage`) or `novel` (flagged as none of the
+    trained types) the text starts with `suggestion_phrase`; the chosen label stays the top class
+    (Label Studio offers only the config's choices)."""
     out = {"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [label]}}
     if confidence is not None:
         out["score"] = round(float(confidence), 4)
-        out["meta"] = {"text": [f"confidence {confidence:.2f}" + (f", queue position {position}" if position else "")]}
+        text = f"confidence {confidence:.2f}" + (f", queue position {position}" if position else "")
+        if novel or (prediction_set is not None and len(prediction_set) > 1 and coverage is not None):
+            text = f"{suggestion_phrase(label, confidence, prediction_set, coverage, novel)}; {text}"
+        out["meta"] = {"text": [text]}
     return out
 
 

@@ -26,8 +26,8 @@ unreadable image gives that task an empty result (`[]`, score 1: label last, so 
 opened outside the pushed head never jumps the sampler's order) and a line in `errors`.
 Uncached images are computed batch by batch within a time budget (SCOPELOOP_PREDICT_BUDGET_S,
 60 s: Label Studio gives up after 100 s), then the request answers with what it has: the rest
-get empty results and one error line. No model yet (cold start) gives every task an empty
-result, not an error. A labeling config
+get empty results and one error line. No model yet (cold start) gives every task no prediction at
+all (an empty list: nothing for Label Studio to show), not an error. A labeling config
 whose choices lack one of the model's classes gives every task an empty result and an error
 saying so: never a label the config does not offer.
 """
@@ -172,7 +172,7 @@ def task_key(task: dict, images_root: Path | None = None, known: set | None = No
 
 @dataclass
 class PredictOutcome:
-    results: list[dict]                     # one per task, in order
+    results: list                           # one per task, in order: a prediction, or [] for none
     model_version: str
     errors: list[str] = field(default_factory=list)
     counts: dict = field(default_factory=lambda: {"cached": 0, "computed": 0, "empty": 0})
@@ -207,6 +207,8 @@ class Predictor:
         self._cache: dict | None = None          # {"version", "mtime", "index", "probs", ...}
         self._model = None                       # (version, ScopeModel)
         self._computed: OrderedDict = OrderedDict()   # (version, key) -> probs
+        self._novel: dict = {}                        # (version, key) -> flagged as an unseen type (issue 25)
+        self._stats = None                            # (version, trainer.stats.publishable.VersionStats | None)
 
     # --------------------------------------------------------------- state
     def current_version(self) -> str | None:
@@ -242,7 +244,9 @@ class Predictor:
         self._cache = c = {"version": version, "mtime": mtime, "index": {k: i for i, k in enumerate(keys)},
                            "probs": np.asarray(data["probs"], np.float32),
                            "classes": [str(x) for x in data["classes"]], "priority": priority,
-                           "rank": rank}
+                           "rank": rank,
+                           "novel": np.asarray(data["novel"], bool) if "novel" in data and len(data["novel"]) == len(keys)
+                           else None}
         log.info("prediction cache of model %s loaded: %d images", version, len(keys))
         return c
 
@@ -257,6 +261,7 @@ class Predictor:
         model = ScopeModel.load(self.ws.registry.path(version))
         self._model = (version, model)
         self._computed.clear()
+        self._novel.clear()
         log.info("model %s loaded from %s", version, self.ws.registry.path(version))
         return model
 
@@ -278,7 +283,12 @@ class Predictor:
         with self._lock:
             version = self.current_version()
             if version is None:
-                return all_empty()  # cold start: no model yet, LS still needs one item per task
+                # cold start: no model yet. One item per task, each an empty list: LS stores no
+                # prediction (an empty one showed as a tab "untrained · 100.00%", issue 22) and serves
+                # tasks without one after the pushed cold-start order, as score 1 did
+                out.results = [[] for _ in tasks]
+                out.counts["empty"] = len(tasks)
+                return out
             cache = self._prediction_cache(version)
             classes = cache["classes"] if cache else self.model_classes(version)
             parsed, err = check_label_config(label_config, classes)
@@ -337,8 +347,10 @@ class Predictor:
             cls_list = classes if (cache and key in cache["index"]) else live_classes
             k = int(np.argmax(probs))
             conf = float(probs[k])
+            pset, cov, novel = self._suggestion(version, key, probs, cls_list)
             out.results.append({
-                "result": [choice_result(from_name, to_name, cls_list[k], conf, None if rank is None else rank + 1)],
+                "result": [choice_result(from_name, to_name, cls_list[k], conf, None if rank is None else rank + 1,
+                                         pset, cov, novel)],
                 "score": round(prio if prio is not None else conf, 6),
                 "model_version": mv,
             })
@@ -346,6 +358,38 @@ class Predictor:
             log.warning("project %s: %d of %d task(s) without prediction: %s", self.ws.root,
                         out.counts["empty"], len(tasks), "; ".join(out.errors[:5]))
         return out
+
+    def _version_stats(self, version: str):
+        """The version's unseen-type model and prediction-set calibration (None: saved before issue 25)."""
+        if self._stats is None or self._stats[0] != version:
+            from trainer.stats.publishable import VersionStats
+
+            try:
+                stats = VersionStats.load(self.ws.registry.path(version))
+            except Exception as exc:  # noqa: BLE001 - suggestions without them
+                log.warning("model %s: novelty model / prediction sets unreadable (%s: %s)", version,
+                            type(exc).__name__, exc)
+                stats = None
+            self._stats = (version, stats)
+        return self._stats[1]
+
+    def _suggestion(self, version: str, key: str, probs, classes) -> tuple[list | None, float | None, bool]:
+        """(prediction set as class names, its coverage, flagged as unseen) of one row: the set
+        from the version's conformal calibration; the flag for images computed here (their
+        embeddings were at hand) or from the prediction cache's optional `novel` array."""
+        stats = self._version_stats(version)
+        if stats is None or list(stats.classes) != list(classes):
+            return None, None, False
+        pset = cov = None
+        if stats.calibrator is not None:
+            pset = [classes[c] for c in stats.calibrator.sets(np.asarray(probs, float)[None, :])[0]]
+            cov = stats.calibrator.coverage
+        novel = self._novel.get((version, key))
+        c = self._cache
+        if novel is None and c is not None and c["version"] == version and c.get("novel") is not None \
+                and key in c["index"]:
+            novel = bool(c["novel"][c["index"][key]])
+        return pset, cov, bool(novel)
 
     def _names(self, parsed: ParsedConfig | None) -> tuple[str, str, str]:
         if parsed is not None:
@@ -410,14 +454,24 @@ class Predictor:
                             batch_size=self.batch_size, device=device, num_workers=0)
             for s in res.skipped.skipped:
                 out.errors.append(f"image {s['path']}: {s['reason']}")
+            stats = self._version_stats(version)
+            flags = None
+            if stats is not None and stats.novelty is not None and len(res.rows):
+                try:
+                    flags = stats.novelty.flag(res.embeddings)
+                except Exception:  # noqa: BLE001 - e.g. another embedding width: no flag
+                    flags = None
             for j, row in enumerate(res.rows.tolist()):
                 key, probs = keys[start + row], res.probs[j]
                 self._computed[(version, key)] = probs
+                if flags is not None:
+                    self._novel[(version, key)] = bool(flags[j])
                 for i in todo[key]:
                     rows[i] = (key, probs, None, None)
                     out.counts["computed"] += 1
         while len(self._computed) > COMPUTED_CACHE_SIZE:
-            self._computed.popitem(last=False)
+            gone, _ = self._computed.popitem(last=False)
+            self._novel.pop(gone, None)
 
 
 def _tid(task: Any) -> Any:

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 
+TRAIN_OUT = "scopeloop-models"   # where `scopeloop train` keeps its registry by default
+
+
 class UserError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
@@ -83,21 +86,61 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _predict_model(args) -> Path:
+    """--model, else what the README's `predict` line finds as printed (issue 22): the registry
+    `scopeloop train` writes (./scopeloop-models) if there is one, else the registry of the project
+    in SCOPELOOP_HOME (the only one, or --project: the demo's model after `scopeloop demo`)."""
+    if args.model:
+        return Path(args.model)
+    if Path(TRAIN_OUT).exists():
+        return Path(TRAIN_OUT)
+    from scopeloop.settings import load_settings
+
+    try:
+        return load_settings().existing_project(getattr(args, "project", None)) / "registry"
+    except FileNotFoundError as exc:
+        raise UserError(f"no model to predict with: no ./{TRAIN_OUT} (what `scopeloop train` writes) and {exc}. "
+                        "Name one with --model (a registry, an exported model or a version folder)") from None
+
+
 def cmd_predict(args) -> int:
     from trainer.reports.batch_predict import predict_folder, resolve_model_dir
 
     if not Path(args.input).is_dir():
         raise UserError(f"--input '{args.input}' is not a folder of images")
-    model_dir = resolve_model_dir(args.model, args.version)
+    model_dir = resolve_model_dir(_predict_model(args), args.version)
     if getattr(args, "cells", None) or getattr(args, "cells_masks", None) or getattr(args, "cells_points", None):
         from scopeloop.cells_command import run_predict
 
         return run_predict(args, model_dir)  # fields of view: one row per cell
-    summary = predict_folder(model_dir, args.input, args.out, batch_size=args.batch_size, low_confidence=args.low_confidence)
+    coverage = getattr(args, "coverage", 0.9)
+    if not 0 < coverage < 1:
+        raise UserError(f"--coverage {coverage}: give a level strictly between 0 and 1, e.g. 0.9")
+    try:
+        summary = predict_folder(model_dir, args.input, args.out, batch_size=args.batch_size,
+                                 low_confidence=args.low_confidence, coverage=coverage,
+                                 group_pattern=getattr(args, "group_pattern", None))
+    except re.error as exc:
+        raise UserError(f"--group-pattern: not a valid regular expression ({exc})") from None
     print(f"model: {model_dir}")
     print(f"{summary['predicted']} images predicted -> {summary['csv']}")
-    for c, n in summary["counts"].items():
-        print(f"  {c:<20} {n}")
+    if summary.get("ood_advice"):  # a new microscope or stain: no confident classes (issue 25)
+        print(summary["ood_advice"])
+    else:
+        for c, n in summary["counts"].items():
+            print(f"  {c:<20} {n}")
+    if summary.get("publishable_note"):
+        print(summary["publishable_note"])
+    if summary.get("novel_type") is not None:
+        print(f"{summary['novel_type']} images look like none of the trained types: counted as 'unseen type' "
+              "(novel_type column)")
+    if summary.get("coverage") is not None:
+        print(f"prediction sets at {summary['coverage']:.0%} coverage: prediction_set column")
+    if summary.get("proportions"):
+        print(f"proportions per group with 95% intervals: {summary['proportions']}"
+              + ("" if summary.get("proportions_corrected") else " (plain shares: this model version stores no confusion)"))
+    if summary.get("proportions_plot"):
+        print(f"proportions plot: {summary['proportions_plot']}")
     print(f"{summary['low_confidence']} low-confidence predictions (below {args.low_confidence:.2f}, flagged in the CSV)")
     if summary.get("out_of_distribution") is not None:
         print(f"{summary['out_of_distribution']} images unlike anything the model was trained on (out_of_distribution column)")
@@ -188,7 +231,7 @@ def cmd_status(args) -> int:
     for line in exposures(settings.home):  # other users could read labels or tokens (scopeloop doctor)
         print(line, file=sys.stderr)
     p, st, reg = ws.project, ws.status, ws.registry
-    from ml_backend.labelstudio.sync import labels_by_key, unusable_keys
+    from ml_backend.labelstudio.sync import agreement_line, labels_by_key, unusable_keys
 
     labels, unusable = labels_by_key(ws.labels), unusable_keys(ws.labels)
     n_images = st.get("last_quick", {}).get("images") or p.get("n_tasks")
@@ -196,6 +239,8 @@ def cmd_status(args) -> int:
     print(f"project {ws.root.name}  (Label Studio project {p.get('ls_project_id')}, {settings.label_studio_url})")
     print(f"  images: {n_images or '?'}   labeled: {len(labels)}   answered unusable: {len(unusable)}   "
           f"unlabeled: {(n_images - done) if n_images else '?'}")
+    if any(t.get("consensus") for t in ws.labels.get("tasks", {}).values()):
+        print(f"  {agreement_line(ws.labels, p.get('classes') or [], p.get('reviewers') or [])}")
     cur = reg.current()
     if cur:
         from trainer.stats.estimate import from_metrics, headline
@@ -364,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a classifier on an ImageFolder directory and print its QC",
                        description="Train a cell-type classifier on <data>/<class>/<image> and save it as a new model version.")
     t.add_argument("--data", required=True, help="ImageFolder directory: one sub-folder per class")
-    t.add_argument("--out", default="scopeloop-models", help="where the model registry is kept (default: %(default)s)")
+    t.add_argument("--out", default=TRAIN_OUT, help="where the model registry is kept (default: %(default)s)")
     t.add_argument("--mode", choices=["head", "full"], default="head",
                    help="head: train only a linear head on frozen embeddings (fast, CPU); full: fine-tune the backbone (GPU recommended)")
     t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name (default: %(default)s, weights ship with scopeloop)")
@@ -393,10 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Apply a trained model to a folder of images; writes CSV + NPZ (embeddings, probabilities).")
     pr.add_argument("--input", required=True, help="folder of images (searched recursively)")
     pr.add_argument("--out", required=True, help="CSV file to write")
-    pr.add_argument("--model", default="scopeloop-models", help="registry root, exported model or version folder (default: %(default)s)")
+    pr.add_argument("--model", default=None, help=f"registry root, exported model or version folder (default: ./{TRAIN_OUT} "
+                    "if there, else the model of the project in SCOPELOOP_HOME: the only one, or --project)")
+    _add_project_arg(pr)
     pr.add_argument("--version", help="model version (default: current)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--low-confidence", type=float, default=0.5, help="flag predictions below this confidence (default: %(default)s)")
+    pr.add_argument("--coverage", type=float, default=0.9,
+                    help="coverage of the prediction sets (prediction_set column), e.g. 0.95 (default: %(default)s)")
     add_cell_args(pr, predict=True)
     pr.set_defaults(func=cmd_predict)
 
@@ -435,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--backbone", default="tf_efficientnet_lite0")
     i.add_argument("--image-size", type=int, default=224)
     i.add_argument("--channels", help="image channels feeding R,G,B, e.g. 0,2,1")
-    i.add_argument("--stack", choices=["mip", "plane", "planes"], default=None,
-                   help="what a Z-stack becomes: maximum-intensity projection (default), one plane (--plane), "
+    i.add_argument("--stack", choices=["mip", "plane", "planes", "best-focus"], default=None,
+                   help="what a Z-stack becomes: maximum-intensity projection (default for fluorescence), "
+                        "the best-focus plane (default for brightfield stacks), one plane (--plane), "
                         "or each plane its own task (keys <file>#z<k>)")
     i.add_argument("--plane", type=int, default=None, help="Z plane for --stack plane (default: the middle one)")
     i.add_argument("--timepoint", type=int, default=None, help="time point read from a time series (default: 0, the first)")
@@ -552,6 +602,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `scopeloop status | head`: the reader left early; no traceback
+        try:  # later writes (the interpreter's flush at exit) go nowhere (Python docs, "Note on SIGPIPE")
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file descriptor (captured)
+            pass
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`scopeloop demo`: everything on one machine, from a fresh clone, with one command.
 
 Starts (or reuses) an embedded Redis (or REDIS_URL), Label Studio (admin user and API token
-generated once and kept in <home>/demo.json), the ML backend and a worker; creates the project
+generated once and kept in <home>/demo.json), the ML backend and a supervised worker (started
+again when it dies: kill -9, out of memory); creates the project
 on the bundled sample images (project "demo") or on --images/--classes (a project per image
 folder, named from the folder unless --project); queues the first refresh so tasks come
 pre-annotated and ordered; prints the URL, login and what to do next. Ctrl-C stops everything,
@@ -151,7 +152,7 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
         os.environ["LOCAL_FILES_DOCUMENT_ROOT"] = str(files)
         log("starting the ML backend and a worker ...")
         started.append(start_backend(settings, backend_port, home / "logs", host=backend_host))
-        started.append(start_worker(settings, home / "logs"))
+        started.append(start_worker(settings, home / "logs", supervise=True))   # a killed worker comes back
         from scopeloop.settings import write_settings_file
 
         write_settings_file(settings)

@@ -208,6 +208,10 @@ def init(settings, name: str | None, images, classes=None, labels=None, backend_
                               (lambda key: work / "previews" / (key + ".png")))
         if cell_index is not None:
             report.cells = cells_summary
+        if report.created + report.existing == 0 and report.skipped:
+            first = report.skipped[0]
+            raise ProjectError(f"none of the {len(report.skipped)} image(s) under '{images}' could be read (first: "
+                               f"{first['path']}: {first['reason']}); fix or convert them and run init again")
         project = client.get_project(report.project_id)
         cfg = parse_config(project["label_config"])
         # the refresh's key -> task map, from the import itself: the first refresh lists no task

@@ -222,7 +222,13 @@ class Refresher:
             head = fit_head(X, yv, C, seed=0)
             if not np.isfinite(head.predict_proba(X[:1])).all():
                 raise ValueError("the head predicts non-finite probabilities")
-            oof = out_of_fold_proba(X, yv, C, folds, seed=0)
+            from trainer.stats.publishable import HeadRecorder
+
+            # the fold heads are remembered: the novelty model (issue 25) reuses them
+            recorder = HeadRecorder(lambda Xf, yf, n, seed=0: fit_head(Xf, yf, n, seed=seed))
+            oof = out_of_fold_proba(X, yv, C, folds, seed=0, fit=recorder)
+            self.publishable_inputs = {"oof": oof, "folds": folds, "fit": recorder}
+            self.pool_embeddings = emb_all  # push: unseen-type flags and prediction sets of the pushed head
         except Exception as exc:  # held back: keep serving what is served
             reason = f"held back: training failed ({type(exc).__name__}: {exc})"
             self.log(reason)
@@ -234,7 +240,7 @@ class Refresher:
         method = f"{k}-fold cross-validation" + (" by group (project group_pattern)" if groups is not None else "") + ("" if judged.all() else
                                                  f" on the {int(judged.sum())} images the fine-tuned backbone did not train on")
         est = estimate(yv[ok], pred[ok], self.classes, None if groups is None else groups[ok], labeled_counts=counts,
-                       method=method, inflation=cv_inflation(k))
+                       method=method, inflation=cv_inflation(k), available=None if emb_all is None else len(emb_all))
         cmp = None
         if self.ws.registry.current() is None:
             promote, reason = True, "first model"
@@ -368,6 +374,7 @@ class Refresher:
                 link_or_copy(weights_file, tmp / "backbone.pt")
             write_qc(tmp, metrics, getattr(head, "history", []) or [], getattr(head, "best_epoch", None))
             build_reference(X, yv).save(tmp)  # for out-of-distribution flags
+            self.save_publishable(tmp, X, yv)  # issue 25: novelty model, prediction sets, proportions' confusion
             write_json_atomic(tmp / TRAINING_LABELS, {key: self.classes[int(c)] for key, c in zip(lab_keys, yv)})
             write_json_atomic(tmp / "provenance.json", {
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": kind, "embedding_space": space,
@@ -378,6 +385,21 @@ class Refresher:
                       "estimate": {k: est[k] for k in ("method", "n", "n_labeled", "enough", "why_not", "fix", "metrics", "per_class")}}
             version = reg.publish(tmp, make_current=promote, reason=reason, record=record)
         return version, reg.prune_candidates(KEEP_CANDIDATES)
+
+    def save_publishable(self, folder, X, y) -> None:
+        """Issue 25: beside the model, the novelty model (ViM on the labeled embeddings, reusing the
+        out-of-fold fold heads), the conformal calibration of prediction sets (the out-of-fold
+        probabilities) and the out-of-fold confusion with the flagged-as-unseen column
+        (trainer.stats.publishable). A failure here never blocks the model: it is logged."""
+        from trainer.stats.publishable import build
+
+        inp = getattr(self, "publishable_inputs", None) or {}
+        try:
+            stats = build(X, y, self.classes, inp.get("oof"), fit=inp.get("fit"), folds=inp.get("folds"))
+            stats.save(folder)
+            self.publishable_seconds = stats.info.get("seconds")
+        except Exception as exc:  # noqa: BLE001 - the model is published without them, and says so
+            self.log(f"novelty model / prediction sets not saved ({type(exc).__name__}: {exc})")
 
     def _model_config(self, weights_file):
         """The ModelConfig of a new version: the current version's when it used the same backbone
@@ -515,13 +537,14 @@ class Refresher:
         n = self.ws.status.get("pushes", 0) + 1
         ls_version = f"scopeloop-v{version or '000'}-{n:05d}"
         rows = []
+        extra = self.suggestion_extras(version, probs, push_order)
         for pos, r in enumerate(push_order):
             if keys[r] not in task_ids:
                 continue  # its task was deleted in Label Studio since the images were listed
             if probs is not None:
                 k = int(np.argmax(probs[r]))
                 rows.append(PredictionRow(task_ids[keys[r]], self.classes[k], float(probs[r, k]), pos,
-                                          self.pick_reasons.get(int(r), "")))
+                                          self.pick_reasons.get(int(r), ""), **extra.get(int(r), {})))
             else:
                 rows.append(PredictionRow(task_ids[keys[r]], None, 0.0, pos))
         # priority = rank / number of images: the score the backend's /predict gives a task opened
@@ -532,6 +555,30 @@ class Refresher:
         self.ws.update_status(pushes=n, ls_model_version=ls_version, serving_version=version)
         return {"ls_model_version": ls_version, "pushed": report.created,
                 "push_seconds": round(report.import_s + report.switch_s, 2)}
+
+    def suggestion_extras(self, version, probs, rows) -> dict:
+        """Issue 25: row -> {prediction_set, coverage, novel} for the pushed rows, from the served
+        version's stored statistics (trainer.stats.publishable); {} when it has none (older
+        versions: the plain suggestion) or the pool's embeddings are not at hand."""
+        emb = getattr(self, "pool_embeddings", None)
+        if probs is None or version is None or emb is None or len(emb) != len(probs) or not len(rows):
+            return {}
+        from trainer.stats.conformal import DEFAULT_COVERAGE
+        from trainer.stats.publishable import VersionStats
+
+        rows = np.asarray(rows, dtype=np.int64)
+        try:  # (a held-back candidate leaves an older version served, maybe in another space)
+            stats = VersionStats.load(self.ws.registry.path(version))
+            if stats is None or list(stats.classes) != list(self.classes):
+                return {}
+            out = stats.apply(probs[rows], emb[rows], DEFAULT_COVERAGE)
+        except Exception as exc:  # noqa: BLE001 - a suggestion without them, never a failed push
+            self.log(f"unseen-type flags / prediction sets unavailable for model {version}: {type(exc).__name__}: {exc}")
+            return {}
+        novel = out["novel"] if out["novel"] is not None else np.zeros(len(rows), bool)
+        cov = stats.calibrator.coverage if stats.calibrator is not None else None
+        return {int(r): {"prediction_set": tuple(self.classes[c] for c in s), "coverage": cov, "novel": bool(f)}
+                for r, s, f in zip(rows, out["sets"], novel)}
 
     def prune(self) -> dict:
         """Delete predictions of superseded versions (after the new order is already served).

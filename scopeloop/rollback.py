@@ -137,7 +137,7 @@ def cmd_rollback(args) -> int:
         q = RefreshQueue(connect_redis(settings.redis_url, timeout=2))
         q.redis.ping()
         guard = q.lock(str(ws.root), wait_s=args.wait)
-    except Exception as exc:  # no Redis: no worker can be refreshing through it either
+    except Exception as exc:  # noqa: BLE001 - no Redis: no worker can be refreshing through it either
         print(f"note: Redis not reachable ({type(exc).__name__}): rolling back without the refresh lock")
         guard = nullcontext()
     try:

@@ -178,10 +178,13 @@ def start_backend(settings, port: int, log_dir: Path, host: str = "127.0.0.1") -
     raise ServiceError(f"the ML backend did not answer on port {port} within 60 s; log {child.log_path}")
 
 
-def start_worker(settings, log_dir: Path, name: str = "worker", queues: str = "all", **extra_env) -> ChildProcess:
+def start_worker(settings, log_dir: Path, name: str = "worker", queues: str = "all", supervise: bool = False,
+                 **extra_env) -> ChildProcess:
     """A `scopeloop worker` child. `queues` (SCOPELOOP_WORKER_QUEUES): "all" by default, since
     on one machine this worker is the only one and must take deep refreshes too, GPU or not;
-    "auto" lets it decide from the GPU it sees, "quick,low" makes it a CPU-only worker."""
+    "auto" lets it decide from the GPU it sees, "quick,low" makes it a CPU-only worker.
+    `supervise`: `scopeloop worker --supervise`, which starts a new worker when this one dies
+    (kill -9, out of memory; issue 22); stopping the child stops both (one process group)."""
     extra_env.setdefault("SCOPELOOP_WORKER_QUEUES", queues)
-    return ChildProcess(name, [sys.executable, "-m", "scopeloop.cli", "worker"],
+    return ChildProcess(name, [sys.executable, "-m", "scopeloop.cli", "worker"] + (["--supervise"] if supervise else []),
                         service_env(settings, **extra_env), log_dir / f"{name}.log").start()

@@ -45,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
+from benchmark_label_efficiency import macro_f1  # noqa: E402  (the same score as the label-efficiency benchmark)
 from trainer.stats.agreement import alpha as kalpha  # noqa: E402
 from trainer.stats.agreement import unit_counts  # noqa: E402
 from trainer.stats.consensus import Vote, consensus, last_annotation  # noqa: E402
@@ -112,16 +113,6 @@ def rule_labels(rng, votes, n_tasks, C, y_true) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- model
-
-
-def macro_f1(y, pred, eval_classes) -> float:
-    f1 = []
-    for c in eval_classes:
-        tp = np.sum((pred == c) & (y == c))
-        fp = np.sum((pred == c) & (y != c))
-        fn = np.sum((pred != c) & (y == c))
-        f1.append(2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0)
-    return float(np.mean(f1))
 
 
 def stratified_test(y, frac, rng) -> np.ndarray:

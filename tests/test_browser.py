@@ -231,3 +231,64 @@ def test_label_all_tasks_shows_top_task_with_prediction_and_image(label_studio, 
         saved = client.read_labels(pid)
         assert saved == {tasks[first]["image"].relative_to(BCCD).as_posix(): tasks[first]["label"]}, (
             f"submitting the pre-annotation should save the predicted class for task {first}: {saved}")
+
+
+# Issue 25: an image the novelty flag marks, and one whose prediction set holds two classes.
+UNSEEN_PLAN = [("Eosinophil", "Lymphocyte", 0, True, ("Lymphocyte",)),
+               ("Neutrophil", "Neutrophil", 1, False, ("Neutrophil", "Eosinophil"))]
+
+
+@pytest.fixture
+def unseen_project(label_studio):
+    """One project, 2 BCCD tasks: the first pick flagged "none of the trained types", the second
+    with a two-class prediction set at 90% coverage; deleted afterwards."""
+    if not BCCD.is_dir():
+        pytest.skip(f"BCCD dev images not found at {BCCD}")
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    pid = client.create_project(f"browser-unseen-{uuid.uuid4().hex[:8]}", build_config(CLASSES))
+    try:
+        client.ensure_local_storage(pid, str(BCCD))
+        images = [sorted((BCCD / cls).glob("*.jpg"))[1] for cls, *_ in UNSEEN_PLAN]
+        ids = client.import_tasks(pid, [{
+            "image": local_files_url(p.relative_to(DOCUMENT_ROOT).as_posix()), "key": p.relative_to(BCCD).as_posix(),
+            "path": str(p)} for p in images])
+        report = client.push_predictions(pid, [
+            PredictionRow(task_id=t, label=pred, confidence=0.62 if novel else 0.55, priority=prio,
+                          reason=f"pick {prio + 1}", prediction_set=pset, coverage=0.9, novel=novel)
+            for t, (_, pred, prio, novel, pset) in zip(ids, UNSEEN_PLAN)], f"browser-unseen-{uuid.uuid4().hex[:6]}")
+        assert report.created == len(UNSEEN_PLAN)
+        yield client, pid, ids
+    finally:
+        try:
+            client.sdk.projects.delete(pid)
+        except Exception:  # cleanup only
+            pass
+
+
+def test_labeling_view_shows_unseen_type_and_prediction_set_suggestions(label_studio, unseen_project):
+    """Issue 25: the annotator reads "looks like none of the trained types" for a flagged image,
+    and "Neutrophil or Eosinophil (90%)" for one the model hesitates on."""
+    from label_config.config import UNSEEN_TEXT
+
+    _, pid, ids = unseen_project
+    expect = {ids[0]: [f"Model's suggestion: {UNSEEN_TEXT} (closest: Lymphocyte, confidence 62%)", "pick 1"],
+              ids[1]: ["Model's suggestion: Neutrophil or Eosinophil (90%)", "pick 2"]}
+
+    def check(task: dict, want: int) -> None:
+        assert task.get("id") == want, f"served task {task.get('id')}, expected {want}"
+        shown = _wait(page, TASK_ID_SHOWN, None, timeout_ms=UI_TIMEOUT_MS, ok=lambda v: v == str(want))
+        assert shown == str(want), f"the editor's bottom bar shows task {shown!r}, expected {want}"
+        hits = _wait(page, SUGGESTION_SHOWN, None, timeout_ms=UI_TIMEOUT_MS,
+                     ok=lambda v: isinstance(v, list) and any(h["visible"] and all(x in h["text"] for x in expect[want])
+                                                              for h in v))
+        assert isinstance(hits, list) and any(h["visible"] and all(x in h["text"] for x in expect[want]) for h in hits), (
+            f"task {want}: the labeling view should show {expect[want]} on screen; found: {hits}")
+
+    with chromium_page() as page, artifacts(page, "labeling_unseen"):
+        login(page, label_studio.url, label_studio.username, label_studio.password)
+        page.goto(f"{label_studio.url}/projects/{pid}/data")
+        button = page.get_by_role("button", name="Label All Tasks")
+        button.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
+        check(_served_by(page, button.click, "'Label All Tasks'"), ids[0])
+        save_artifacts(page, "labeling_unseen")
+        check(_served_by(page, page.get_by_test_id("bottombar-submit-button").click, "Submit"), ids[1])

@@ -55,6 +55,9 @@ class PredictionRow:
     confidence: float   # model probability of `label`, shown to annotators
     priority: int       # sampler rank: 0 = label this first
     reason: str = ""    # why the sampler picked it (shown with the suggestion); "" = its rank
+    prediction_set: tuple = ()      # issue 25: class names of its prediction set at `coverage` (most probable first)
+    coverage: float | None = None   # the prediction set's coverage (e.g. 0.9)
+    novel: bool = False             # flagged as none of the trained types
 
 
 @dataclass
@@ -71,8 +74,18 @@ def suggestion_text(row: PredictionRow, n: int) -> str:
     """What the annotator reads under the image: the model's class, confidence and the reason."""
     why = row.reason or (f"queue position {row.priority + 1} of {n}: the sampler ranks it among the images "
                          "that teach the model most")
+    if row.novel or (len(row.prediction_set) > 1 and row.coverage is not None):
+        from label_config import suggestion_phrase
+
+        what = suggestion_phrase(row.label, row.confidence, row.prediction_set, row.coverage, row.novel)
+        return f"Model's suggestion: {what}. Why this image: {why}."
     return (f"Model's suggestion: {row.label} (confidence {row.confidence:.0%}, the model's probability). "
             f"Why this image: {why}.")
+
+
+# what the suggestion field says before any model exists (issue 22: it was an empty heading)
+COLD_START_TEXT = ("No model yet: it trains once two classes have labels, and its suggestion then shows here. "
+                   "Images come in an order that covers the variety of the folder.")
 
 
 def local_files_url(relative_path: str) -> str:
@@ -455,9 +468,11 @@ class LabelStudioClient:
         payload = [{
             "task": r.task_id, "model_version": model_version,
             "score": min(r.priority / scale, 1.0),  # LS serves ascending score: the sampler's order
-            # label None (cold start, no model yet): an empty result, only the order
-            "result": [] if r.label is None else [
-                choice_result(from_name, to_name, r.label, r.confidence, r.priority + 1)] + ([{
+            # label None (cold start, no model yet): no class, only the order (and, shown, the reason)
+            "result": ([{"from_name": SUGGESTION_NAME, "to_name": to_name, "type": "textarea",
+                         "value": {"text": [COLD_START_TEXT]}}] if shows_text else []) if r.label is None else [
+                choice_result(from_name, to_name, r.label, r.confidence, r.priority + 1, r.prediction_set or None,
+                              r.coverage, r.novel)] + ([{
                 "from_name": SUGGESTION_NAME, "to_name": to_name, "type": "textarea",
                 "value": {"text": [suggestion_text(r, queue)]}}] if shows_text else []),
         } for r in rows]

@@ -91,17 +91,62 @@ class LabelStudioServerError(RuntimeError):
 
 def stop_process_group(proc: subprocess.Popen | None, sig=signal.SIGTERM, timeout: float = 15.0) -> None:
     """Signal a child started with start_new_session=True and all its children; SIGKILL the
-    group if it lingers, so nothing is left behind."""
-    if proc is None or proc.poll() is not None:
+    group if it lingers, so nothing is left behind: members still there once the leader has
+    exited (an RQ work horse, a scheduler, a supervised worker) are waited for up to `timeout`
+    too, then killed (issue 22: Ctrl-C of the demo left 2-3 processes behind)."""
+    if proc is None:
         return
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+    kill_group_remnants(proc.pid, sig, timeout)
+
+
+def kill_group_remnants(pgid: int, sig=signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal what is left of process group `pgid` (its leader gone), wait up to `timeout` s,
+    then SIGKILL it. Nothing to do when the group is empty."""
+    deadline = time.monotonic() + timeout
     try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    except ProcessLookupError:
+        if not group_alive(pgid):
+            return
+        os.killpg(pgid, sig)
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if not group_alive(pgid):
+                return
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group `pgid` has a member that is not a zombie (zombies whose parent
+    never reaps them, e.g. in a container without an init, count as gone)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":   # state, ppid, pgrp, ...
+            return True
+    return False
 
 
 def free_port() -> int:

@@ -62,8 +62,48 @@ def sync_labels(client, ws: Workspace, full: bool = False) -> dict:
     snap = {"cursor": newest, "project_id": pid, "tasks": tasks}
     if cursor and annotation_count(snap) != int(client.get_project(pid).get("total_annotations_number") or 0):
         return sync_labels(client, ws, full=True)
+    apply_consensus(snap, project.get("classes") or [], project.get("reviewers") or [])
     ws.save_labels(snap)
     return snap
+
+
+def apply_consensus(snapshot: dict, classes: list[str], reviewers=()) -> dict:
+    """Each task annotated by several people gets the label the model trains on from ALL its
+    annotations (trainer.stats.consensus: a reviewer's answer settles it, agreeing annotators keep
+    theirs, otherwise Dawid & Skene weighting by each annotator's measured reliability), instead
+    of whichever annotation came last. Adds to such tasks ``consensus: {confidence, rule,
+    disputed}`` and ``last_label`` (what the last annotation said). A task whose answers include
+    "unusable image", or with one annotator, keeps its last answer. In place; returns the snapshot."""
+    from trainer.stats.consensus import consensus, votes_from_snapshot
+
+    if not classes:
+        return snapshot
+    shared = {tid for tid, t in snapshot.get("tasks", {}).items()
+              if len({a.get("annotator") or a.get("id") for a in t.get("annotations") or []}) > 1
+              and all(a.get("label") in classes for a in t.get("annotations") or [])}
+    if not shared:
+        return snapshot
+    cons = consensus(votes_from_snapshot(snapshot), classes=classes, reviewers=set(reviewers))
+    for tid in shared:
+        task, c = snapshot["tasks"][tid], cons.tasks.get(tid)
+        if c is None:
+            continue
+        task["last_label"] = task.get("label")
+        task["label"] = c.label
+        task["consensus"] = {"confidence": round(float(c.confidence), 4), "rule": c.rule, "disputed": c.disputed}
+    return snapshot
+
+
+def agreement_line(snapshot: dict, classes: list[str], reviewers=()) -> str:
+    """One line for `scopeloop status`: Krippendorff's alpha with its 95% interval and n
+    (trainer.stats.agreement), or why it is not measured yet."""
+    from trainer.stats.agreement import agreement
+    from trainer.stats.consensus import votes_from_snapshot
+
+    votes = votes_from_snapshot(snapshot)
+    if not classes or not votes:
+        return "annotator agreement: not measured yet (no task with 2+ annotators)"
+    return agreement(votes, classes, set(reviewers), n_boot=500).status_line()
 
 
 def labels_by_key(snapshot: dict) -> dict[str, str]:

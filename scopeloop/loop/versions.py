@@ -39,7 +39,7 @@ def current_head(ws: Workspace):
             sd = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
             cfg = json.loads((path / "config.json").read_text())
             head = LinearHead(sd["weight"].numpy(), sd["bias"].numpy())
-        except Exception as e:  # torch's unpickling errors have no common base
+        except Exception as e:  # noqa: BLE001 - torch's unpickling errors have no common base
             reg.mark_bad(path.name, f"its head cannot be loaded ({type(e).__name__}: {str(e)[:120]})")
             continue
         return head, read_json(path / "provenance.json", {}).get("embedding_space") or space_id_of(cfg)

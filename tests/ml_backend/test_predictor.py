@@ -171,9 +171,10 @@ def test_cold_start_gives_one_empty_result_per_task(tmp_path):
     ws = Workspace(tmp_path / "ws")
     ws.update_project(images_root=str(tmp_path), ls_project_id=1)
     out = Predictor(ws).predict([task(1, "a.png"), task(2, "b.png")], lite_config())
-    # score 1 = last in Label Studio's order: a task opened before the first model (it gets
-    # this empty prediction) must not jump ahead of the pushed cold-start order (scores < 1)
-    assert out.results == [{"result": [], "score": 1.0, "model_version": "untrained"}] * 2
+    # no prediction at all (issue 22: an empty one showed as a tab "untrained · 100.00%"); Label
+    # Studio's uncertainty sampling serves tasks without a current prediction after the pushed
+    # cold-start order (LS 1.23 next_task._try_uncertainty_sampling), as score 1 did
+    assert out.results == [[], []]
     assert out.errors == []
 
 

@@ -45,3 +45,43 @@ def test_plain_install_names_the_extra_at_first_use(tmp_path, argv):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "scopeloop[cpu]" in r.stderr and "scopeloop[gpu]" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_output_piped_into_head_ends_without_a_traceback(monkeypatch, tmp_path, capsys):
+    """`scopeloop status | head`: the reader closes the pipe; the command ends quietly (issue 22)."""
+    from scopeloop import cli
+
+    def closed_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setenv("SCOPELOOP_HOME", str(tmp_path))
+    monkeypatch.setattr(cli, "cmd_status", closed_pipe)
+    assert cli.main(["status"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_readme_predict_line_finds_the_demo_projects_model(monkeypatch, tmp_path):
+    """Issue 22, point 7: `scopeloop predict --input <folder> --out predictions.csv` as the README
+    prints it failed after the demo ("'scopeloop-models' is neither a model folder ..."): without
+    --model it takes ./scopeloop-models if there, else the only project's model in SCOPELOOP_HOME."""
+    import json
+
+    from scopeloop import cli
+    from trainer.reports.batch_predict import resolve_model_dir
+    from trainer.store.workspace import Workspace
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SCOPELOOP_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["predict", "--input", str(tmp_path), "--out", "p.csv"])
+    with pytest.raises(cli.UserError, match="no model to predict with.*scopeloop train.*--model"):
+        cli._predict_model(args)
+    ws = Workspace(home / "projects" / "demo")
+    ws.update_project(images_root=str(tmp_path), classes=["A", "B"])
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "config.json").write_text(json.dumps({"classes": ["A", "B"]}))
+    version = ws.registry.publish(staged)
+    assert resolve_model_dir(cli._predict_model(args)) == ws.registry.path(version)
+    (tmp_path / "scopeloop-models").mkdir()   # what `scopeloop train` writes comes first, as before
+    assert cli._predict_model(args) == Path("scopeloop-models")

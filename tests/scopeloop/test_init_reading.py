@@ -70,3 +70,25 @@ def test_init_reading_settings_planes_and_per_dataset(label_studio, tmp_path, mo
     assert json.loads(pj.read_text())["model"]["preprocessing"]["normalisation"] == "per-image"
     again = _png(label_studio, tasks["stack0.tif#z0"]["image"])
     assert not np.array_equal(again, z0)  # a flat plane stretched per image: no longer the fixed-range grey
+
+
+def test_init_on_a_folder_where_no_image_is_readable_fails_and_leaves_nothing(label_studio, tmp_path, monkeypatch,
+                                                                              capsys):
+    """Issue 22: it "succeeded" and left an empty project."""
+    from ml_backend.labelstudio.client import LabelStudioClient
+
+    monkeypatch.setenv("LOCAL_FILES_DOCUMENT_ROOT", "/")
+    monkeypatch.setenv("SCOPELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    images = tmp_path / f"broken-{uuid.uuid4().hex[:6]}"
+    images.mkdir()
+    for name in ("a.png", "b.jpg", "c.tif"):
+        (images / name).write_bytes(b"not an image at all")
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    before = {p.id for p in client.sdk.projects.list()}
+    assert main(["init", "--images", str(images), "--classes", "a,b", "--no-backend"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 3 image(s)" in err and "could be read" in err
+    assert not (tmp_path / "home" / "projects" / images.name).exists()
+    assert {p.id for p in client.sdk.projects.list()} == before  # the Label Studio project was removed

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from rq import Worker
 
@@ -17,9 +18,9 @@ from scopeloop.worker import supervise
 def test_supervisor_restarts_a_killed_worker_and_stops_on_a_clean_exit(tmp_path):
     runs = tmp_path / "runs"
     # first run: killed with SIGKILL (as kill -9 does); second run: exits cleanly (a --burst worker done)
-    child = [sys.executable, "-c",
-             "import os, pathlib, signal; p = pathlib.Path(%r); n = len(p.read_text()) if p.exists() else 0; "
-             "p.write_text('x' * (n + 1)); n or os.kill(os.getpid(), signal.SIGKILL)" % str(runs)]
+    code = (f"import os, pathlib, signal; p = pathlib.Path({str(runs)!r}); n = len(p.read_text()) if p.exists() "
+            "else 0; p.write_text('x' * (n + 1)); n or os.kill(os.getpid(), signal.SIGKILL)")
+    child = [sys.executable, "-c", code]
     lines = []
     assert supervise(child, log=lines.append, backoff_s=(0.1, 0.2), max_restarts=3) == 0
     assert runs.read_text() == "xx"
@@ -46,7 +47,8 @@ def test_sigterm_to_the_supervisor_stops_the_child_too(tmp_path):
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(timeout=30) == 0
     time.sleep(0.2)
-    assert not os.path.exists(f"/proc/{child_pid}") or open(f"/proc/{child_pid}/stat").read().split()[2] == "Z"
+    stat = Path(f"/proc/{child_pid}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"  # gone (or a zombie of a dead parent)
 
 
 def test_status_counts_a_worker_without_heartbeat_as_dead(redis_conn):

@@ -65,6 +65,13 @@ class CellSettings:
     split: bool = True
     split_depth: float = 0.2
     split_distance: float = 0.35
+    seeds: str = "distance"
+    blob_scale: float = 1.0
+    blob_min: float = 0.3
+    close: float = 0.0
+    split_area: float = 0.0
+    split_area_unit: float = 0.8
+    split_solidity: float = 0.9
     border: str = "label"
     crop_scale: float = 2.0
     background: str = "context"

@@ -17,10 +17,15 @@ Leica LIF). Everything becomes float32 (H, W, 3) in [0, 1] by four documented st
    SVS, NDPI ...; bioio's dims for vendor formats): C (and RGB samples S) are colours, Z and T
    never are. Only a TIFF without axis metadata falls back to the shape: one leading axis of
    <= 16 planes smaller than the image is channels (a 3 x 12 x 12 crop is 3 channels), a longer
-   one is a Z-stack, a trailing short axis after a long one is channel-last.
+   one is a Z-stack, a trailing short axis after a long one is channel-last. An ImageJ stack with
+   fewer pages than its metadata announces (saving interrupted) keeps its axes: its complete
+   time points are read, or it is refused when it has none. An OME-Zarr folder in the
+   bioformats2raw layout (``0/``, ``OME/``) reads its first series.
 3. **stack -> plane** (`Preprocessing`, recorded in the model's config): T -> one time point
    (``timepoint``, default 0, the first); Z -> maximum-intensity projection (``stack="mip"``,
-   default), one plane (``stack="plane"``, ``plane`` index, default the middle one) or each plane
+   default; fluorescence), the best-focus plane (``stack="best-focus"``, variance of the Laplacian,
+   `trainer.io.best_focus`; chosen by `project_reading` at a first init when the stacks are
+   brightfield), one plane (``stack="plane"``, ``plane`` index, default the middle one) or each plane
    its own image (``stack="planes"``: `expand_planes` lists a Z-stack ``cells.tif`` of 5 planes as
    ``cells.tif#z0`` ... ``cells.tif#z4``, one task each; a path ending ``#z<k>`` reads plane k,
    unless a file of exactly that name exists); any other axis (tiles, views, lambda) -> its

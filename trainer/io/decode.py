@@ -1,13 +1,17 @@
 """Raw decoding: the field's readers (tifffile + imagecodecs, Pillow, bioio) turn a file into an array with named axes, then one (H, W, C) plane."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from trainer.io.best_focus import best_focus_index
 from trainer.io.errors import ImageReadError
 from trainer.io.formats import (
     BIOIO_FORMATS,
@@ -67,6 +71,10 @@ def _read_tiff(path: Path) -> Decoded:
             series = tf.series[0]  # a pyramid's series 0 *is* its full-resolution level
             fmt = _tiff_format(tf) + (" (BigTIFF)" if tf.is_bigtiff else "")
             axes, shape = series.axes, tuple(series.shape)
+            if tf.is_imagej and getattr(series, "kind", "imagej") != "imagej":
+                cut = _imagej_cut_short(path, tf, fmt)  # tifffile fell back to a plain page stack
+                if cut is not None:
+                    return cut
             data = None
             if series.nbytes > MEMMAP_BYTES and series.dataoffset is not None and not getattr(tf, "is_ndpi", False):
                 try:  # large, uncompressed, contiguous: memory-map, read only the planes kept
@@ -103,6 +111,36 @@ def _read_tiff(path: Path) -> Decoded:
         dec.orientation = orientation
     if set(dec.axes) & {"Q", "I"}:  # axes the metadata does not name (or no metadata)
         _guess_axes(dec)
+    return dec
+
+
+def _imagej_cut_short(path: Path, tf, fmt: str) -> Decoded | None:
+    """An ImageJ (hyper)stack with fewer pages than its metadata announces (saving interrupted:
+    a crash, a full disk): tifffile then offers the pages as one unnamed stack, which would be
+    projected across channels and time points. ImageJ stores pages C fastest, then Z, then T
+    (``channels``, ``slices``, ``frames``): the complete time points are read with their axes,
+    a file without one complete time point is refused. None: not cut short."""
+    ij = tf.imagej_metadata or {}
+    c, z, t = (max(int(ij.get(k, 1) or 1), 1) for k in ("channels", "slices", "frames"))
+    want = c * z * t if c * z * t > 1 else max(int(ij.get("images", 1) or 1), 1)
+    if c * z * t == 1:
+        z = want  # a plain "images=N" stack: ImageJ treats it as Z
+    pages = len(tf.pages)
+    if want <= 1 or pages >= want:
+        return None
+    full = pages // (c * z)
+    layout = f"C={c}, Z={z}, T={t}"
+    if full == 0:
+        raise ImageReadError(path, f"is an ImageJ stack cut short: {pages} of its {want} pages ({layout}) are "
+                                   "in the file, not one complete time point; save it again (e.g. Fiji)")
+    page = tf.pages[0]
+    data = np.stack([tf.pages[i].asarray() for i in range(full * c * z)])
+    data = data.reshape((full, z, c) + data.shape[1:])
+    page_axes = page.axes if len(page.axes) == data.ndim - 3 else ("YX" if data.ndim == 5 else "YXS")
+    axes = "TZC" + page_axes
+    dec = Decoded(data, axes, fmt, "metadata", axes, tuple(data.shape))
+    dec.notes.append(f"ImageJ stack cut short: {pages} of {want} pages ({layout}); "
+                     f"read the {full} complete time point(s) of {t}")
     return dec
 
 
@@ -245,6 +283,43 @@ def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
+def _zarr_attrs(group: Path) -> dict:
+    """The attributes of a Zarr group (v2 ``.zattrs``; v3 ``zarr.json``, NGFF 0.5 under "ome")."""
+    try:
+        if (group / ".zattrs").is_file():
+            return json.loads((group / ".zattrs").read_text()) or {}
+        if (group / "zarr.json").is_file():
+            attrs = (json.loads((group / "zarr.json").read_text()) or {}).get("attributes") or {}
+            return dict(attrs, **(attrs.get("ome") or {}))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {}
+
+
+def _zarr_image(path: Path) -> tuple[Path, list[str]]:
+    """The image group of an OME-Zarr folder and the folder's series: the folder itself ([]),
+    or, in the layout bioformats2raw writes (``bioformats2raw.layout`` at the top, the images
+    in ``0/``, ``1/``..., OME-XML in ``OME/``; NGFF 0.4 "bf2raw"), its first series, which
+    bioio-ome-zarr reads while the top folder holds no image of its own."""
+    attrs = _zarr_attrs(path)
+    if "bioformats2raw.layout" not in attrs:
+        return path, []
+    series = attrs.get("series") or _zarr_attrs(path / "OME").get("series") or sorted(
+        (p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+    series = [str(s) for s in series if (path / str(s)).is_dir()]
+    if not series:
+        raise ImageReadError(path, "is a bioformats2raw folder without an image group (0/, 1/ ...): "
+                                   "convert the file again")
+    return path / series[0], series
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module already loaded without a spec
+        return module in sys.modules and sys.modules[module] is not None
+
+
 def _read_bioio(path: Path, fmt: str, plugin: str) -> Decoded:
     try:
         from bioio import BioImage
@@ -253,10 +328,15 @@ def _read_bioio(path: Path, fmt: str, plugin: str) -> Decoded:
     except ImportError:
         raise ImageReadError(path, f"{fmt} files need the optional readers: {FORMATS_EXTRA} "
                                    f"(bioio + {plugin})") from None
+    target, series = _zarr_image(path) if plugin == ZARR_FORMAT[1] else (path, [])
     try:
-        img = BioImage(path)
+        img = BioImage(target)
     except Exception as exc:  # noqa: BLE001 - bioio raises per plugin
         if "UnsupportedFileFormat" in type(exc).__name__ or "plugin" in str(exc).lower():
+            if _installed(plugin.replace("-", "_")):  # the plugin is there: it is not the cause
+                raise ImageReadError(path, f"{plugin} (installed) does not recognise it as {fmt} "
+                                           f"[{type(exc).__name__}]; export it as OME-TIFF (Fiji: Bio-Formats "
+                                           "Exporter) and add that file") from None
             raise ImageReadError(path, f"{fmt} files need their bioio reader: {FORMATS_EXTRA} "
                                        f"(or pip install {plugin}) [{type(exc).__name__}]") from None
         raise ImageReadError(path, f"{fmt} file that {plugin} cannot decode ({type(exc).__name__}: {exc}); "
@@ -270,6 +350,8 @@ def _read_bioio(path: Path, fmt: str, plugin: str) -> Decoded:
         raise ImageReadError(path, f"{fmt} file that {plugin} cannot decode ({type(exc).__name__}: {exc}); "
                                    "export it as OME-TIFF (Fiji: Bio-Formats Exporter) and add that file") from None
     dec = Decoded(data, order, fmt, "metadata", order, tuple(data.shape))
+    if series:
+        dec.notes.append(f"bioformats2raw layout: series {target.name} of {len(series)}")
     if scenes > 1:
         dec.notes.append(f"first of {scenes} scenes")
     return dec
@@ -327,7 +409,17 @@ def to_plane(dec: Decoded, prep: Preprocessing, path="image") -> np.ndarray:
     arr = np.asarray(data[tuple(idx)])
     kept = "".join(a for a, i in zip(axes, idx) if isinstance(i, slice))
     if "Z" in kept:
-        arr = arr.max(axis=kept.index("Z"))
+        zi = kept.index("Z")
+        if prep.stack == "best-focus" and arr.shape[zi] > 1:  # brightfield: the sharpest plane, not a MIP
+            rest = kept.replace("Z", "")
+            planes = np.moveaxis(arr, zi, 0)
+            order = [rest.index("Y"), rest.index("X")] + [i for i, a in enumerate(rest) if a in "CS"] \
+                if "Y" in rest and "X" in rest else list(range(len(rest)))
+            k = best_focus_index(np.transpose(p, order) for p in planes)
+            dec.notes.append(f"best-focus plane {k} of {arr.shape[zi]} (variance of the Laplacian)")
+            arr = np.take(arr, k, axis=zi)
+        else:
+            arr = arr.max(axis=zi)
         kept = kept.replace("Z", "")
     if "Y" not in kept or "X" not in kept:
         raise ImageReadError(path, f"has no image plane (axes {dec.file_axes or axes})")

@@ -20,5 +20,5 @@ MAX_CHANNEL_AXIS = 16
 MEMMAP_BYTES = 64 << 20  # uncompressed TIFF series larger than this are memory-mapped, not read whole
 MAX_DECODE_BYTES = 2 << 30  # a compressed series larger than this (whole-slide images) is refused
 NORMALISATIONS = ("per-image", "per-dataset", "bit-depth", "both")
-STACK_MODES = ("mip", "plane", "planes")
+STACK_MODES = ("mip", "plane", "planes", "best-focus")  # best-focus: trainer.io.best_focus (brightfield)
 _PLANE_SUFFIX = re.compile(r"#z(\d+)$")  # "cells.tif#z3": plane 3 of cells.tif (stack="planes")

@@ -4,8 +4,34 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping, Sequence
 
+from trainer.io.best_focus import looks_brightfield
+from trainer.io.decode import read_raw
+from trainer.io.errors import ImageReadError
 from trainer.io.normalise import dataset_ranges, estimate_bit_depth
+from trainer.io.planes import z_planes
 from trainer.io.settings import Preprocessing, as_preprocessing
+
+
+def default_stack(paths: Sequence, sample: int = 40, stacks: int = 5, seed: int = 0) -> str:
+    """What a project's Z-stacks become when the user did not say: "best-focus" when most of
+    the stacks found in a sample of `paths` (up to `stacks` of them) are brightfield
+    (`trainer.io.best_focus.looks_brightfield` on the middle plane), else "mip" (fluorescence,
+    and projects without stacks keep the default)."""
+    import numpy as np
+
+    paths = list(paths)
+    rng = np.random.default_rng(seed)
+    votes = []
+    for i in sorted(rng.choice(len(paths), min(sample, len(paths)), replace=False)) if paths else []:
+        if len(votes) >= stacks:
+            break
+        if z_planes(paths[i]) < 2:
+            continue
+        try:
+            votes.append(looks_brightfield(read_raw(paths[i], prep=Preprocessing(stack="plane"))))
+        except (ImageReadError, ValueError):
+            continue
+    return "best-focus" if votes and sum(votes) * 2 > len(votes) else "mip"
 
 
 def reading_settings(paths: Sequence, stack: str = "mip", plane: int | None = None, timepoint: int = 0,
@@ -36,7 +62,8 @@ def project_reading(paths: Sequence, choices: Mapping | None = None, stored: Map
     over the `stored` ones (the project's ``preprocessing`` dict from an earlier init), over the
     defaults. What a choice needs is computed from a sample of `paths` (`reading_settings`)
     once: when nothing changed, the stored settings, per-dataset ranges included, are kept, so
-    re-running init on a grown folder does not move the embedding space. Raises ValueError."""
+    re-running init on a grown folder does not move the embedding space. A first init without a
+    stack choice reads brightfield stacks by their best-focus plane (`default_stack`). Raises ValueError."""
     old = as_preprocessing(dict(stored or {}, channels=channels))
     given = {k: v for k, v in (choices or {}).items() if k in READING_CHOICES and v is not None}
     if "plane" in given and "stack" not in given:
@@ -46,6 +73,8 @@ def project_reading(paths: Sequence, choices: Mapping | None = None, stored: Map
     if "stack" in given and given["stack"] != old.stack:
         old = replace(old, plane=None)
     want = {k: given.get(k, getattr(old, k)) for k in READING_CHOICES}
+    if "stack" not in given and "stack" not in (stored or {}):  # first init: brightfield stacks -> best focus
+        want["stack"] = default_stack(paths)
     if stored and all(want[k] == getattr(old, k) for k in READING_CHOICES):
         return old
     return reading_settings(paths, channels=channels, sample=sample, **want)

@@ -14,8 +14,10 @@ class Preprocessing:
     (``preprocessing``) so training, inference, previews and export read alike.
 
     channels: image channels feeding R, G, B (None: the documented mapping).
-    stack: "mip" (maximum-intensity projection over Z, default), "plane" (one Z plane) or
-        "planes" (each Z plane its own image: paths ``<file>#z<k>``, see `expand_planes`).
+    stack: "mip" (maximum-intensity projection over Z, default), "plane" (one Z plane),
+        "planes" (each Z plane its own image: paths ``<file>#z<k>``, see `expand_planes`) or
+        "best-focus" (each stack's sharpest plane, `trainer.io.best_focus`: brightfield stacks,
+        chosen at init by `trainer.io.project_reading` when the stacks are brightfield).
     plane: the Z index for stack="plane" (None: the middle plane).
     timepoint: the T index of a time series (default 0, the first).
     normalisation: "per-image" (default), "per-dataset", "bit-depth" or "both" (module doc).
@@ -66,6 +68,8 @@ class Preprocessing:
         parts = []
         if self.stack == "planes":
             parts.append("zeach")
+        elif self.stack == "best-focus":
+            parts.append("zbest")
         elif self.stack != "mip" or self.plane is not None:
             parts.append(f"z{'mid' if self.plane is None else self.plane}")
         if self.timepoint:
@@ -82,7 +86,9 @@ class Preprocessing:
     def describe(self) -> str:
         """One line for `init`'s summary and the report."""
         z = "maximum-intensity projection over Z" if self.stack == "mip" else \
-            "each Z plane its own image (keys <file>#z<k>)" if self.stack == "planes" else (
+            "each Z plane its own image (keys <file>#z<k>)" if self.stack == "planes" else \
+            "the best-focus Z plane of each stack (largest variance of the Laplacian; brightfield: " \
+            "a maximum projection would wash the cells out)" if self.stack == "best-focus" else (
             f"Z plane {self.plane}" if self.plane is not None else "the middle Z plane")
         norm = {"per-image": "per-image percentile stretch (0.5-99.8 %; 8-bit /255)",
                 "per-dataset": f"fixed per-dataset range per channel {[list(r) for r in self.ranges or []]}",

@@ -73,6 +73,7 @@ class TrainResult:
     seconds: float = 0.0
     device: str = "cpu"
     ood: object = None  # trainer.stats.ood.OODReference: what "unlike the training images" means
+    publishable: object = None  # trainer.stats.publishable.VersionStats: unseen types, prediction sets (issue 25)
 
 
 def _counts_text(classes, counts: dict) -> str:
@@ -174,8 +175,32 @@ def train(paths: Sequence, labels: Sequence[str], classes: Sequence[str], config
     from trainer.models.ood_reference import reference_for_model
 
     ood = reference_for_model(model, [paths[r] for r in tr], y_all[tr], embeddings=res.embeddings[[pos[r] for r in tr]])
+    publishable = None
+    if config.mode == "head":  # the fine-tuned backbone's space differs from these embeddings
+        publishable = publishable_stats(res.embeddings[[pos[r] for r in tr]], y_all[tr], classes, config.seed,
+                                        None if groups is None else [groups[r] for r in tr])
     return TrainResult(model, metrics, history, best_epoch,
-                       tr, va, res.skipped, time.time() - t0, str(device), ood)
+                       tr, va, res.skipped, time.time() - t0, str(device), ood, publishable)
+
+
+def publishable_stats(X, y, classes, seed: int = 0, groups=None):
+    """Issue 25: the novelty model (ViM, the quick head's recipe), the conformal calibration and
+    the out-of-fold confusion with the flagged-as-unseen column, from the training embeddings:
+    one out-of-fold pass of the head (trainer.models.cross_validation, group-aware folds) whose
+    fold heads the novelty model reuses. None (logged) when it cannot be made."""
+    from trainer.models.cross_validation import out_of_fold_proba
+    from trainer.stats.estimate import FOLDS, assign_folds
+    from trainer.stats.publishable import HeadRecorder, build
+
+    try:
+        y = np.asarray(y, dtype=int)
+        folds = assign_folds(y, FOLDS, None if groups is None else np.asarray(groups), seed)
+        fit = HeadRecorder(lambda Xf, yf, n, seed=seed: fit_head(Xf, yf, n, seed=seed))
+        oof = out_of_fold_proba(X, y, len(classes), folds, fit=fit, seed=seed)
+        return build(X, y, classes, oof, fit=fit, folds=folds)
+    except Exception as exc:  # noqa: BLE001 - the model is saved without them, and says so
+        log.warning("novelty model / prediction sets not made: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def _finetune(model: ScopeModel, paths, y_all, tr, va, config: TrainConfig, device, report: SkipReport, progress: bool):
@@ -270,4 +295,6 @@ def save_version(result: TrainResult, config: TrainConfig, registry: ModelRegist
         (tmp / "provenance.json").write_text(json.dumps(provenance(result, config, source), indent=1))
         if result.ood is not None:
             result.ood.save(tmp)
+        if result.publishable is not None:
+            result.publishable.save(tmp)
         return registry.publish(tmp, make_current=make_current)

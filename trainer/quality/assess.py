@@ -14,7 +14,17 @@ from trainer.io.decode import read_raw
 from trainer.io.errors import ImageReadError, SkipReport
 from trainer.quality.embedding_scores import embedding_scores
 from trainer.quality.focus import FocusModel, _noise_floor, fit_focus_model
-from trainer.quality.pixels import PixelStats, full_scale, grey_plane, image_structure, measure, pixel_match, structure
+from trainer.quality.pixels import (
+    PixelStats,
+    _robust_max,
+    float_scale,
+    full_scale,
+    grey_plane,
+    image_structure,
+    measure,
+    pixel_match,
+    structure,
+)
 from trainer.quality.settings import VERDICTS, QCSettings
 
 
@@ -149,18 +159,23 @@ def assess(paths: Sequence, keys: Sequence[str] | None = None, embeddings: np.nd
             progress(i + 1, len(paths))
     t_measure = time.perf_counter() - t0 - t_read
     fs, bits = full_scale(stats, settings.bit_depth)
+    fl_scale = float_scale(stats)
     results = []
     per_patch = []
     for k, st in zip(ok_keys, stats):
-        # 8-bit files are 8-bit whatever else the pool holds (a mixed pool: the rest by inference)
+        # 8-bit files are 8-bit whatever else the pool holds (a mixed pool: the rest by inference);
+        # a float file has no bit depth: 1.0 for normalised pools, else its own range
         fs_i, bits_i = (255.0, 8) if st.dtype == "uint8" and not settings.bit_depth else (fs, bits)
+        if st.dtype.startswith("float"):
+            fs_i, bits_i = (fl_scale or _robust_max(st)), "float"
         if bits_i == "float":
             sat = st.top_share.get("float", 0.0)
         else:
             sat = st.top_share.get(bits_i, 0.0) if isinstance(bits_i, int) else 0.0
         sp = structure(st.energies, st.noise, fs_i)
         per_patch.append(sp)
-        results.append(QCResult(k, "ok", "", "", st.bright_p999 / fs_i, float(sat), image_structure(sp),
+        bright = st.content / fs_i if fs_i > 0 else 0.0  # the field's content: one bright nucleus counts
+        results.append(QCResult(k, "ok", "", "", bright, float(sat), image_structure(sp),
                                 float("nan"), float("nan"), st.laplacian_focus, float("nan")))
     # ---- focus: learn from the sharpest usable images, then predict every image
     t1 = time.perf_counter()

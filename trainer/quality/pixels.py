@@ -9,7 +9,16 @@ from typing import Sequence
 
 import numpy as np
 
-from trainer.quality.settings import BANDS, MAX_PATCHES, MAX_SIDE, PATCH, THUMB, THUMB_SHIFT, TOP_TOLERANCE
+from trainer.quality.settings import (
+    BANDS,
+    MAX_PATCHES,
+    MAX_SIDE,
+    PATCH,
+    THUMB,
+    THUMB_SHIFT,
+    TOP_OBJECT,
+    TOP_TOLERANCE,
+)
 
 
 @dataclass
@@ -29,6 +38,16 @@ class PixelStats:
     scale: int  # binning factor applied before the focus features
     thumb: np.ndarray | None = None  # (THUMB, THUMB) float32 grey thumbnail, for near duplicates
     seconds: float = 0.0
+    # the brightness of the field's brightest object: the TOP_OBJECT-th brightest pixel (one
+    # nucleus on a dark field counts, a few hot pixels do not); NaN in measurements cached before it
+    bright_top: float = float("nan")
+
+    @property
+    def content(self) -> float:
+        """How bright the field's content is (raw units): the 99.9th percentile, or its brightest
+        object when that is brighter (a single nucleus covers far less than 0.1 % of a field)."""
+        top = self.bright_top if math.isfinite(self.bright_top) else self.bright_p999
+        return max(self.bright_p999, top)
 
 
 _NOISE_GAIN = None
@@ -131,12 +150,20 @@ def grey_plane(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return g * np.float32(1.0 / a.shape[-1]), m, False
 
 
-def _p999(plane: np.ndarray, divide: float = 1.0) -> float:
-    """99.9th percentile (nearest rank) of a plane; integer planes by histogram (fast)."""
+def _p999(plane: np.ndarray, divide: float = 1.0, q: float = 0.999) -> float:
+    """99.9th percentile (nearest rank; or quantile `q`) of a plane; integer planes by histogram (fast)."""
     if plane.dtype.kind == "u" and plane.dtype.itemsize <= 2:
         cum = np.cumsum(np.bincount(plane.ravel()))
-        return float(np.searchsorted(cum, 0.999 * cum[-1])) / divide
-    return float(np.percentile(plane, 99.9)) / divide
+        return float(np.searchsorted(cum, q * cum[-1])) / divide
+    return float(np.percentile(plane, 100.0 * q)) / divide
+
+
+def _top_object(plane: np.ndarray, divide: float = 1.0) -> float:
+    """The TOP_OBJECT-th brightest value of a plane: a bright object's level, not a hot pixel's."""
+    n = plane.size
+    if n == 0:
+        return 0.0
+    return _p999(plane, divide, max(0.0, 1.0 - TOP_OBJECT / n))
 
 
 def _bin(g: np.ndarray, f: int) -> np.ndarray:
@@ -193,7 +220,8 @@ def measure(raw: np.ndarray) -> PixelStats:
         dtype=str(raw.dtype), shape=tuple(raw.shape), colour=colour, sha1=sha.hexdigest(),
         raw_max=float(np.max(raw)), bright_p999=_p999(bright, 3.0 if colour else 1.0),
         top_share=_top_shares(raw, colour), noise=immerkaer_noise(gw), laplacian_focus=laplacian_focus(g),
-        energies=energies, scale=f, thumb=thumbnail(g), seconds=time.perf_counter() - t0)
+        energies=energies, scale=f, thumb=thumbnail(g), seconds=time.perf_counter() - t0,
+        bright_top=_top_object(bright, 3.0 if colour else 1.0))
 
 
 def thumbnail(g: np.ndarray) -> np.ndarray:
@@ -225,8 +253,24 @@ def pixel_match(a: np.ndarray, b: np.ndarray, max_shift: int = THUMB_SHIFT) -> f
     return best
 
 
+def _robust_max(s: PixelStats) -> float:
+    """An image's largest value without its few outliers (hot pixels, a burnt-in scale bar)."""
+    v = s.content if math.isfinite(s.bright_top) else s.raw_max
+    return v if math.isfinite(v) else 0.0
+
+
+def float_scale(stats: Sequence[PixelStats]) -> float | None:
+    """Full scale of a pool's floating-point images: 1.0 when all of them hold values in [0, 1]
+    (normalised images), else None: a float image has no bit depth, each is judged against its
+    own range (only a black one is too dark)."""
+    floats = [_robust_max(s) for s in stats if s.dtype.startswith("float")]
+    return 1.0 if floats and max(floats) <= 1.0 + TOP_TOLERANCE else None
+
+
 def full_scale(stats: Sequence[PixelStats], bit_depth: int | None = None) -> tuple[float, int | str]:
-    """(full-scale value, bit depth or 'float') of a pool: the real bit depth (module doc)."""
+    """(full-scale value, bit depth or 'float') of a pool: the real bit depth, estimated from the
+    images' largest values without their outliers (a 12-bit camera in 16-bit files: 4095, also
+    when one file holds a hot pixel at 65535); floats: `float_scale` (module doc)."""
     if not stats:
         return 255.0, 8
     if bit_depth:
@@ -235,10 +279,12 @@ def full_scale(stats: Sequence[PixelStats], bit_depth: int | None = None) -> tup
     if dtypes == {"uint8"}:
         return 255.0, 8
     stats = [s for s in stats if s.dtype != "uint8"]  # a mixed pool: the others decide
+    ints = [s for s in stats if not s.dtype.startswith("float")]
+    if not ints:  # floats only
+        return float_scale(stats) or max(max(_robust_max(s) for s in stats), 1e-12), "float"
+    stats = ints  # integer files decide the pool's depth; float files are judged by `float_scale`
     dtypes = {s.dtype for s in stats}
-    if any(d.startswith("float") for d in dtypes):
-        return max(max(s.raw_max for s in stats), 1e-12), "float"
-    m = max(s.raw_max for s in stats)
+    m = max(_robust_max(s) for s in stats)
     for bits in (8, 10, 12, 14, 16, 32):
         if m <= 2 ** bits - 1:
             # 8 bits only when every file is 8-bit: a 16-bit file that happens to stay below 256

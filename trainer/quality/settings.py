@@ -12,6 +12,7 @@ PATCH = 64  # patch side, working pixels
 MAX_PATCHES = 64
 MAX_SIDE = 1024  # larger images are binned by an integer factor before the focus features
 TOP_TOLERANCE = 0.005  # a pixel "at the top" is within 0.5 % of full scale
+TOP_OBJECT = 16  # an object is at least this many pixels: the 16th brightest pixel is a field's content
 BANDS = (1.0, 2.0, 4.0, 8.0)  # Gaussian sigmas: bands I-G1, G1-G2, G2-G4, G4-G8
 SETTINGS_FILE = "qc_settings.json"
 MAX_TRAIN_PATCHES = 8000

@@ -17,6 +17,7 @@ from trainer.reports.export_paths import (
     ExportError,
     _inside,
     _place,
+    class_folders,
     key_problem,
     prepare_out,
     safe_name,
@@ -92,9 +93,7 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
     pattern = re.compile(group_pattern) if group_pattern else None
     out = prepare_out(out, overwrite, "dataset", protect=[images_root])
 
-    folders = {c: safe_name(c) for c in classes}
-    if len(set(folders.values())) < len(folders):
-        raise ExportError(f"class names {classes} collide after making them safe folder names")
+    folders = class_folders(classes)  # the real class names stay in the manifest and label_map.json
     pred_of = {}
     if preds is not None:
         pcls = [str(c) for c in preds["classes"]]
@@ -135,7 +134,8 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
                      "annotators_disagree": "yes" if task.get("disagreement") else "no",
                      "model_version": preds["version"] if preds is not None and key in pred_of else "",
                      "predicted": pv[0], "confidence": pv[1],
-                     "qc_verdict": qc.get("verdict", ""), "qc_reason": qc.get("reason", "")})
+                     "qc_verdict": qc.get("verdict", ""), "qc_reason": qc.get("reason", ""),
+                     **_consensus_columns(task)})
 
     # file names: the image's own name; the folders of its key are prepended only on a clash
     names = Counter((r["label"], safe_name(PurePosixPath(_plane_file(r["key"])).name)) for r in rows)
@@ -164,6 +164,7 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
     _write_csv(out / "manifest.csv", MANIFEST_FIELDS, rows)
     _write_csv(out / "split.csv", ["file", "label", "group", "split"], rows)
     _write_csv(out / "left_out.csv", ["task_id", "key", "reason"], left_out)
+    _write_csv(out / "annotations.csv", ANNOTATION_FIELDS, annotation_rows(snap, rows))
     (out / "label_map.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=1))
     counts = {c: Counter(r["split"] for r in rows if r["label"] == c) for c in classes}
     summary = {
@@ -194,6 +195,39 @@ def export_dataset(workspace, out, snapshot: dict | None = None, mode: str = "co
     (out / "README.md").write_text(dataset_datasheet(summary, rows, project))
     (out / MARKER).write_text(json.dumps(summary, indent=1))
     return summary
+
+
+ANNOTATION_FIELDS = ["task_id", "key", "annotation_id", "annotator", "label", "annotated_at", "consensus_label",
+                     "consensus_confidence", "consensus_rule", "agrees_with_consensus"]
+
+
+def _consensus_columns(task: dict) -> dict:
+    """The manifest's consensus columns (issue 26): the task's label is its consensus; with two or
+    more annotators, the posterior probability of that label and the rule that decided it
+    (ml_backend.labelstudio.sync.apply_consensus: reviewer, unanimous, majority, posterior); one
+    annotator: "single", confidence empty."""
+    c = task.get("consensus") or {}
+    if c:
+        return {"consensus_confidence": f"{float(c.get('confidence', 1.0)):.4f}", "consensus_rule": c.get("rule", "")}
+    n = len({a.get("annotator") or a.get("id") for a in task.get("annotations") or []})
+    return {"consensus_confidence": "", "consensus_rule": "single" if n <= 1 else "last annotation"}
+
+
+def annotation_rows(snapshot: dict, rows: list[dict]) -> list[dict]:
+    """annotations.csv: every annotation of every exported task (oldest first), beside the task's
+    consensus label and its confidence, and whether this annotation agrees with it."""
+    out = []
+    for r in rows:
+        task = snapshot["tasks"].get(r["task_id"]) or {}
+        anns = sorted(task.get("annotations") or [],
+                      key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)))
+        for a in anns:
+            out.append({"task_id": r["task_id"], "key": r["key"], "annotation_id": a.get("id", ""),
+                        "annotator": a.get("annotator") or "", "label": a.get("label") or "",
+                        "annotated_at": a.get("updated_at") or a.get("created_at") or "", "consensus_label": r["label"],
+                        "consensus_confidence": r["consensus_confidence"], "consensus_rule": r["consensus_rule"],
+                        "agrees_with_consensus": "yes" if a.get("label") == r["label"] else "no"})
+    return out
 
 
 def _quality_lines(q: dict) -> str:
@@ -239,6 +273,9 @@ def dataset_datasheet(summary: dict, rows: list[dict], project: dict) -> str:
         "## Annotation",
         f"- annotators: {', '.join(f'{a} ({n})' for a, n in who.most_common()) or 'not recorded'}",
         f"- images where annotators disagreed: {sum(r['annotators_disagree'] == 'yes' for r in rows)} (column `annotators_disagree`)",
+        f"- images labeled by several annotators: {sum(r['consensus_rule'] not in ('single', '') for r in rows)}; their label "
+        "is the consensus of all annotations (columns `consensus_confidence`, `consensus_rule`; every annotation in "
+        "`annotations.csv`)",
         f"- labels given between {times[0] if times else '?'} and {times[-1] if times else '?'}",
         f"- model predictions in the manifest: model version {summary['model_version'] or 'none (no model yet)'}",
         "## Split",
@@ -250,6 +287,8 @@ def dataset_datasheet(summary: dict, rows: list[dict], project: dict) -> str:
         "- `images/<class>/<file>`: the original image files (ImageFolder layout; TIFF stays TIFF)\n"
         "- `manifest.csv`: one row per image (task id, original path, label, annotator, time, model prediction)\n"
         "- `split.csv`: train / val / test of every image\n- `label_map.json`: class index -> name\n"
+        "- `annotations.csv`: every annotation of every exported image (annotator, label, time) beside the consensus "
+        "label, its confidence and whether the annotation agrees with it\n"
         "- `left_out.csv`: labeled tasks not exported, with the reason\n- `export.json`: this summary, machine-readable"
         + ("\n- `cells.csv`: per exported cell its field of view, cell_id, centroid, box, area and edge; "
            "`masks/`: the fields' label images (a cell's value is its cell_id); `cell_settings.json`: how cells "

@@ -13,7 +13,7 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')  # not allowed in a file name
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MANIFEST_FIELDS = ["task_id", "key", "original_path", "file", "label", "split", "group", "annotator",
                    "annotated_at", "n_annotations", "annotators", "annotators_disagree", "model_version",
-                   "predicted", "confidence", "qc_verdict", "qc_reason"]
+                   "predicted", "confidence", "qc_verdict", "qc_reason", "consensus_confidence", "consensus_rule"]
 
 
 class ExportError(ValueError):
@@ -43,6 +43,26 @@ def safe_name(name: str, max_len: int = 150) -> str:
         stem, suffix = os.path.splitext(name)
         name = stem.encode()[: max_len - len(suffix.encode())].decode(errors="ignore") + suffix
     return name
+
+
+def class_folders(classes: Sequence[str]) -> dict:
+    """A folder name per class, distinct even on case-insensitive file systems: `safe_name` of
+    the class; classes that meet on one name ('CD4/CD8' and 'CD4:CD8' both give 'CD4_CD8', or
+    'Blast' and 'blast') each get that name plus 6 hex digits of the SHA-1 of the real name."""
+    import hashlib
+    from collections import Counter
+
+    base = {c: safe_name(c) for c in classes}
+    seen = Counter(v.casefold() for v in base.values())
+    out = {}
+    for c in classes:
+        name = base[c]
+        if seen[name.casefold()] > 1:
+            name = safe_name(f"{name[:140]}-{hashlib.sha1(str(c).encode()).hexdigest()[:6]}")
+        out[c] = name
+    if len({v.casefold() for v in out.values()}) < len(out):  # a hashed name met another class's plain one
+        out = {c: f"class{i:03d}-{hashlib.sha1(str(c).encode()).hexdigest()[:6]}" for i, c in enumerate(classes)}
+    return out
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -128,6 +128,24 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
         summary["image_quality"] = qc_summary
         summary["sections"].append("image-quality")
 
+    # predictions you can publish (issue 25), annotators (issue 26) ------------------
+    if version:
+        from trainer.reports.publishable_section import publishable_section
+
+        cfg = reg.read_json(version, "config.json") or {}
+        emb = workspace.embeddings(backbone_id(cfg)).load() if cfg else None
+        pub_html, summary["publishable"] = publishable_section(workspace, version, set(tasks) | unusable, preds, emb)
+        body.append(pub_html)
+        summary["sections"].append("publishable")
+    from trainer.reports.annotator_section import annotators_section
+
+    team = annotators_section(snap, classes, project.get("reviewers") or [],
+                              val.get("confusion_matrix") if val.get("n") else None, val.get("classes"))
+    if team is not None:
+        body.append(team[0])
+        summary["annotators"] = team[1]
+        summary["sections"].append("annotators")
+
     # images to look at -------------------------------------------------------
     cam = None
     if preds is not None and len(preds["keys"]):
@@ -136,7 +154,8 @@ def build_report(workspace, out_html, version: str | None = None, max_thumbs: in
         summary["sections"].append("uncertain")
     if version and cam is None:
         cam = _Cam(reg.path(version))
-    rr = _rereview_section(workspace, reg, version, tasks, classes, images_root, max_thumbs, folds, cam) if version else None
+    rr = (_rereview_section(workspace, reg, version, tasks, classes, images_root, max_thumbs, folds, cam, matrix=val)
+          if version else None)
     if rr is not None:
         html_part, summary["rereview"] = rr
         body.append(html_part)
@@ -304,8 +323,12 @@ def _uncertain_section(preds, tasks, images_root, k, cam=None) -> str:
             "model looked (Grad-CAM, within a time budget).</p>" + _cards(items, "uncertain"))
 
 
-def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, folds, cam=None):
-    """Most confused class pairs and labels the out-of-fold model contradicts (from embeddings)."""
+def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, folds, cam=None, matrix=None):
+    """Most confused class pairs and labels the out-of-fold model contradicts (from embeddings).
+
+    With `matrix` (the version's validation: `classes`, `confusion_matrix`, `n`) the pairs and
+    their counts are that matrix's largest off-diagonal cells, the matrix the report draws (issue
+    22: the list and the drawn matrix disagreed); the examples come from the out-of-fold run."""
     cfg = reg.read_json(version, "config.json")
     if not cfg:
         return None
@@ -326,13 +349,29 @@ def _rereview_section(workspace, reg, version, tasks, classes, images_root, k, f
     pairs = {}
     for i in wrong:
         pairs.setdefault((y[i], pred[i]), []).append(i)
-    confused = sorted(pairs.items(), key=lambda kv: -len(kv[1]))[:4]
-    parts = ['<h2 id="confused">Most confused classes</h2><p>Class pairs the model mixes up most often (out-of-fold, '
-             f"{int(ok.sum())} labeled images), with examples.</p>"]
-    for (a, b), rows in confused:
+    cm, mcls = (matrix or {}).get("confusion_matrix"), (matrix or {}).get("classes")
+    if cm and mcls and (matrix or {}).get("n"):   # the drawn matrix: its largest off-diagonal cells
+        cm = np.asarray(cm)
+        cells = sorted(((int(cm[i, j]), i, j) for i in range(len(mcls)) for j in range(len(mcls))
+                        if i != j and cm[i, j] > 0), key=lambda c: (-c[0], c[1], c[2]))[:4]
+        confused = []
+        for n, i, j in cells:
+            a, b = (classes.index(mcls[i]) if mcls[i] in classes else -1), (classes.index(mcls[j]) if mcls[j] in classes else -1)
+            rows = sorted((r for r in range(len(keys)) if min(a, b) >= 0 and y[r] == a and pred[r] == b), key=lambda r: -probs[r, b])
+            confused.append(((i, j), n, rows, a, b))
+        intro = (f"Class pairs the model mixes up most often: the largest off-diagonal cells of the confusion matrix "
+                 f"above ({int(matrix['n'])} images), with examples from labeled images a model trained without them "
+                 "takes for the other class.")
+        names = mcls
+    else:
+        confused = [((a, b), len(rows), rows, a, b) for (a, b), rows in sorted(pairs.items(), key=lambda kv: -len(kv[1]))[:4]]
+        intro = f"Class pairs the model mixes up most often (out-of-fold, {int(ok.sum())} labeled images), with examples."
+        names = classes
+    parts = [f'<h2 id="confused">Most confused classes</h2><p>{intro}</p>']
+    for (ia, ib), n, rows, a, b in confused:
         items = [{"key": keys[i], "thumb": thumb(images_root / keys[i]), "text": f"labeled {classes[a]}, looks like "
                   f"{classes[b]} ({probs[i, b]:.2f})"} for i in rows[:4]]
-        parts.append(f"<h3>{html.escape(classes[a])} taken for {html.escape(classes[b])}: {len(rows)} images</h3>"
+        parts.append(f"<h3>{html.escape(names[ia])} taken for {html.escape(names[ib])}: {n} images</h3>"
                      + _cards(items, "confused"))
     if not confused:
         parts.append('<p class="note">no confusions</p>')

@@ -127,3 +127,61 @@ def _learning_curve(points: list[dict]) -> bytes:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
+
+
+def plot_proportions(rows: Sequence[dict], path=None, title: str = "Cell-type proportions per group (95% intervals)") -> Path | bytes:
+    """Issue 25: one panel of bars per group (`trainer.stats.proportions.proportions_table` rows:
+    group, class, proportion, lower, upper), each class's corrected share with its 95% interval
+    as an error bar; "unseen type" in grey. Written to `path` (PNG) or returned as PNG bytes."""
+    plt = _plt()
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    classes = list(dict.fromkeys(r["class"] for r in rows))
+    by = {(r["group"], r["class"]): r for r in rows}
+    n = {g: sum(int(by[(g, c)]["count"]) for c in classes if (g, c) in by) for g in groups}
+    width = 0.8 / max(len(groups), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(classes) * max(1, min(len(groups), 4))), 4.0))
+    x = np.arange(len(classes))
+    cmap = plt.get_cmap("tab10")
+    for i, g in enumerate(groups):
+        p = np.array([float(by[(g, c)]["proportion"]) if (g, c) in by else 0.0 for c in classes])
+        lo = np.array([float(by[(g, c)]["lower"]) if (g, c) in by else 0.0 for c in classes])
+        hi = np.array([float(by[(g, c)]["upper"]) if (g, c) in by else 0.0 for c in classes])
+        colors = ["#9a9a9a" if c == "unseen type" else cmap(i % 10) for c in classes]
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, p, width * 0.95, color=colors,
+               yerr=np.vstack([np.maximum(p - lo, 0), np.maximum(hi - p, 0)]), capsize=3,
+               label=f"{g} (n={n[g]})", edgecolor=cmap(i % 10), linewidth=0.8)
+    ax.set_xticks(x, classes, rotation=30 if len(classes) > 4 else 0, ha="right" if len(classes) > 4 else "center")
+    ax.set_ylabel("proportion (corrected for the model's errors)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    if len(groups) > 1:
+        ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    if path is None:
+        return _png(fig)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_matrix(cm, classes: Sequence[str], title: str, xlabel: str, ylabel: str) -> bytes:
+    """A confusion-style heatmap as PNG bytes: colour = share of the row, each cell's count
+    written in it (one decimal where counts are fractional, e.g. Krippendorff's coincidences)."""
+    plt = _plt()
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    whole = np.allclose(cm, np.round(cm))
+    size = 2.5 + 0.6 * len(classes)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=110)
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{cm[i, j]:.0f}" if whole else f"{cm[i, j]:.1f}", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _png(fig)

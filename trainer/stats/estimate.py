@@ -133,8 +133,14 @@ def _posterior_draws(cm: np.ndarray, S: int, rng) -> dict[str, np.ndarray]:
 
 def estimate(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str], groups: Sequence | None = None,
              labeled_counts: dict | None = None, method: str = "held-out images", n_boot: int = 2000,
-             seed: int = 0, confidence: float = CONFIDENCE, inflation: float = 1.0) -> dict:
+             seed: int = 0, confidence: float = CONFIDENCE, inflation: float = 1.0,
+             available: int | None = None) -> dict:
     """Scores with 95% intervals, per-class rows and the "enough labels" verdict, as a JSON-able dict.
+
+    available: images in the project (labeled or not). When the labels an estimate to
+    +-MAX_HALF_WIDTH needs are more than that (the demo's 51 images, issue 22), the advice says so
+    instead of asking for what cannot be labeled, and `headline` shows the scores with their
+    (wide) intervals: the best estimate the project allows.
 
     y_true, y_pred: class indices of the evaluated images (out-of-fold predictions). groups:
     optional group per image (bootstrap by group). labeled_counts: {class: labeled images}, for
@@ -186,14 +192,18 @@ def estimate(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str
             row["f1"] = float(2 * tp[i] / (support[i] + predicted[i]))
             row["recall_low"], row["recall_high"] = clopper_pearson(int(tp[i]), int(support[i]), confidence)
         per_class[c] = row
-    why, fix = _verdict(n, metrics, per_class)
+    why, fix = _verdict(n, metrics, per_class, available)
     return {"method": method, "n": n, "n_labeled": int(sum(labeled_counts.values())), "confidence": confidence,
-            "inflation": inflation,
+            "inflation": inflation, "available": available,
+            "unreachable": bool(why) and fix.startswith(UNREACHABLE),
             "enough": not why, "why_not": why, "fix": fix, "metrics": metrics, "per_class": per_class,
             "classes": classes, "confusion_matrix": cm.tolist()}
 
 
-def _verdict(n: int, metrics: dict, per_class: dict) -> tuple[str, str]:
+UNREACHABLE = "too few images in the project"   # how the advice starts when labels cannot fix it
+
+
+def _verdict(n: int, metrics: dict, per_class: dict, available: int | None = None) -> tuple[str, str]:
     few = {c: r["labeled"] for c, r in per_class.items() if 0 < r["labeled"] < MIN_PER_CLASS}
     if few:
         return (f"fewer than {MIN_PER_CLASS} labeled images of {', '.join(few)}",
@@ -205,8 +215,11 @@ def _verdict(n: int, metrics: dict, per_class: dict) -> tuple[str, str]:
     widest = max((m["high"] - m["low"]) / 2 for m in metrics.values())
     if not widest <= MAX_HALF_WIDTH:
         need = int(math.ceil(n * (widest / MAX_HALF_WIDTH) ** 2))
-        return (f"the 95% interval is +-{widest:.2f} wide (more than +-{MAX_HALF_WIDTH})",
-                f"label more images: about {need} evaluated images give +-{MAX_HALF_WIDTH} ({n} now)")
+        why = f"the 95% interval is +-{widest:.2f} wide (more than +-{MAX_HALF_WIDTH})"
+        if available is not None and need > available:
+            return (why, f"{UNREACHABLE}: about {need} evaluated images would give +-{MAX_HALF_WIDTH}, it has "
+                         f"{available}; add images for a narrower estimate")
+        return why, f"label more images: about {need} evaluated images give +-{MAX_HALF_WIDTH} ({n} now)"
     return "", ""
 
 
@@ -302,6 +315,10 @@ def _fmt(m: dict) -> str:
 
 
 def not_enough_text(est: dict) -> str:
+    if est.get("unreachable"):   # no label can fix it: the scores with their wide intervals (issue 22)
+        m = est["metrics"]
+        return (f"macro-F1 {_fmt(m['macro_f1'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}, accuracy "
+                f"{_fmt(m['accuracy'])}; n = {est['n']} images, {est['method']}; intervals still wide: {est['fix']}")
     return f"not enough labels yet to estimate (n = {est['n_labeled']}): {est['why_not']}; {est['fix']}"
 
 

@@ -9,7 +9,8 @@ Score (``method``):
 
 * ``"vim"`` (shipped): virtual-logit matching [Wang, Li, Feng & Zhang, "ViM: Out-of-distribution
   with virtual-logit matching", CVPR 2022]. The part of an embedding outside the principal
-  subspace of the labeled embeddings (its first ``dims`` = 64 components, centred on their mean)
+  subspace of the labeled embeddings (its first ``dims`` components, centred on their mean: 64, at
+  most half the labeled images a fold trains on, at most the width)
   becomes an extra "none of these" logit, scaled so that on the labeled images it matches the
   mean largest class logit; the score is -log(1 - its softmax probability) next to the linear
   head's class logits. It combines what the head knows (the energy of its logits: Liu, Wang,
@@ -56,6 +57,8 @@ from typing import Sequence
 
 import numpy as np
 
+from sampler.space import normalize_rows
+
 FILE = "novelty.npz"
 METHODS = ("vim", "knn", "mahalanobis")
 DEFAULT_METHOD = "vim"
@@ -68,8 +71,8 @@ MAX_REFS = 4000
 
 # ------------------------------------------------------------------ helpers
 def _l2(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    """A unit-length float32 copy of the rows (sampler.space.normalize_rows: zero rows stay zero)."""
+    return normalize_rows(np.array(X, dtype=np.float32, copy=True))
 
 
 def kth_neighbour_distance(Q: np.ndarray, R: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
@@ -147,7 +150,9 @@ class _Scorer:
             W, b = (np.asarray(a, dtype=np.float32) for a in head)
             mean = X.mean(0)
             _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
-            r = max(1, min(dims, len(X) - 1, vt.shape[0]))
+            # at most half the training rows: a subspace as wide as the data (r >= n - 1) leaves the
+            # labeled rows no residual, and the scale (mean max logit / mean residual) explodes
+            r = max(1, min(dims, len(X) // 2, vt.shape[0]))
             s = cls("vim", mean=mean, proj=np.ascontiguousarray(vt[:r].T), weight=W, bias=b)
             s.scale = float(s._logits(X).max(1).mean() / max(s._residual(X).mean(), 1e-12))
             return s

@@ -133,7 +133,7 @@ class Workspace:
                 raise ValueError(f"keys {len(data['keys'])}, probs {probs.shape}, classes {len(data['classes'])} disagree")
         except FileNotFoundError:
             return None
-        except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, ...
+        except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, ...
             set_aside(path, f"prediction cache unreadable: {type(e).__name__}: {str(e)[:120]}")
             return None
         return data

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from label_config import build_config
-from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError, PredictionRow
+from ml_backend.labelstudio.client import COLD_START_TEXT, LabelStudioClient, LabelStudioError, PredictionRow
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 CLASSES = ["round", "long", "two nuclei"]
@@ -90,7 +90,9 @@ def test_cold_start_push_orders_without_labels(ls_client, project):
     rep = ls_client.push_predictions(pid, [PredictionRow(t, None, 0.0, i) for i, t in enumerate(order)], "cold")
     assert rep.created == len(ids)
     nxt = ls_client.next_task(pid)
-    assert nxt["id"] == order[0] and nxt["predictions"][0]["result"] == []
+    # no class chosen; the suggestion field says why there is none (issue 22: an empty heading)
+    assert nxt["id"] == order[0] and [r["type"] for r in nxt["predictions"][0]["result"]] == ["textarea"]
+    assert nxt["predictions"][0]["result"][0]["value"]["text"] == [COLD_START_TEXT]
 
 
 def test_push_refuses_silently_dropped_predictions(ls_client, project):

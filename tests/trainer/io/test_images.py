@@ -200,6 +200,32 @@ def test_ome_tiff_tzcyx_axes_from_ome_metadata(tmp_path):
     assert np.array_equal(raw, np.moveaxis(data[0].max(0), 0, -1))  # T 0, MIP over Z, C last
 
 
+def _imagej_pages(path, pages, images, channels, slices, frames):
+    """An ImageJ hyperstack whose saving stopped early: the metadata announces `images` pages."""
+    desc = (f"ImageJ=1.11a\nimages={images}\nchannels={channels}\nslices={slices}\nframes={frames}\n"
+            "hyperstack=true\nmode=grayscale\nloop=false\n")
+    tifffile.imwrite(path, pages, description=desc, metadata=None, photometric="minisblack")
+
+
+def test_imagej_hyperstack_cut_short_keeps_channels_and_time_apart(tmp_path):
+    """Issue 22 (6): 9 of 12 pages of a C=2, Z=3, T=2 hyperstack were read as 9 Z planes and
+    projected together (channels and time points mixed), labelled "ZYX from metadata"."""
+    pages = np.zeros((12, 16, 16), np.uint16)  # ImageJ order: C fastest, then Z, then T
+    for i in range(12):
+        pages[i] = 1000 * (i + 1)
+    _imagej_pages(tmp_path / "cut.tif", pages[:9], 12, 2, 3, 2)
+    d = describe(tmp_path / "cut.tif")
+    assert d["axes"] == "TZCYX" and d["shape"] == (1, 3, 2, 16, 16) and d["plane"] == (16, 16, 2)
+    assert any("9 of 12 pages" in n for n in d["notes"])
+    raw = read_raw(tmp_path / "cut.tif")
+    assert raw[0, 0].tolist() == [5000, 6000]  # T 0: MIP over Z per channel, never T 1's pages
+    with pytest.raises(ImageReadError, match="cut.tif.*1 time point"):
+        read_raw(tmp_path / "cut.tif", prep=Preprocessing(timepoint=1))
+    _imagej_pages(tmp_path / "few.tif", pages[:4], 12, 2, 3, 2)  # not one complete time point
+    with pytest.raises(ImageReadError, match=r"few.tif.*cut short: 4 of its 12 pages \(C=2, Z=3, T=2\)"):
+        read_raw(tmp_path / "few.tif")
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_channel_first_crop_3x12x12_is_three_channels(tmp_path):
     crop = np.stack([np.full((12, 12), 100 * (c + 1), np.uint16) for c in range(3)])

@@ -2,7 +2,10 @@
 once at init (trainer.io.project_reading.project_reading), OME-Zarr folders, previews read like the model."""
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from trainer.io.folders import image_key, list_images, path_for_key
 from trainer.io.plane_keys import image_exists, plane_path, split_plane
 from trainer.io.planes import expand_planes, z_planes
 from trainer.io.project_reading import project_reading, reading_settings
-from trainer.io.read import load_for_model, read_image
+from trainer.io.read import describe, load_for_model, read_image
 from trainer.io.settings import Preprocessing, reader_of
 
 
@@ -106,6 +109,45 @@ def test_project_reading_computes_ranges_once_and_keeps_them(tmp_path):
     assert reader_of({"preprocessing": stored, "channels": [0]}) == Preprocessing(**dict(first.to_dict(), channels=(0,)))
 
 
+
+# ---------------------------------------------------------------- brightfield stacks: best focus
+
+def _brightfield_stack(path, focus=4, n=9, size=64):
+    """Dark cells on a bright background, sharp at plane `focus`, blurred more with distance."""
+    from skimage.filters import gaussian
+
+    sharp = np.full((size, size), 200.0)
+    yy, xx = np.mgrid[:size, :size]
+    for cy, cx in ((16, 16), (40, 22), (24, 46), (48, 48)):
+        sharp[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = 60.0
+    planes = np.stack([gaussian(sharp, sigma=0.01 + 1.5 * abs(z - focus), preserve_range=True) for z in range(n)])
+    planes = planes.round().astype(np.uint8)
+    tifffile.imwrite(path, planes, imagej=True, metadata={"axes": "ZYX"})
+    return planes
+
+
+def test_brightfield_stacks_default_to_the_best_focus_plane(tmp_path):
+    """Issue 22 (6): a MIP of a brightfield stack keeps every pixel's brightest (most defocused)
+    value: about 30 % of the cells' contrast left on 9 planes. A first init picks best focus."""
+    planes = _brightfield_stack(tmp_path / "bf.tif")
+    prep = project_reading([tmp_path / "bf.tif"])
+    assert prep.stack == "best-focus" and "best-focus" in prep.describe() and prep.tag() == "zbest"
+    raw = read_raw(tmp_path / "bf.tif", prep=prep)
+    assert np.array_equal(raw, planes[4])
+    contrast = lambda a: float(np.percentile(a, 99)) - float(np.percentile(a, 1))  # noqa: E731
+    assert contrast(raw) > 2 * contrast(planes.max(0))  # the projection washes the cells out
+    assert any("best-focus plane 4 of 9" in n for n in describe(tmp_path / "bf.tif", prep)["notes"])
+    assert reader_of({"preprocessing": prep.to_dict()}) == prep
+    # fluorescence (bright spots on a dark background) stays a maximum projection
+    fl = tmp_path / "fl"
+    fl.mkdir()
+    tifffile.imwrite(fl / "spots.tif", (255 - planes).astype(np.uint8) // 4, imagej=True, metadata={"axes": "ZYX"})
+    assert project_reading([fl / "spots.tif"]).stack == "mip"
+    # the user's choice and an earlier init's settings win
+    assert project_reading([tmp_path / "bf.tif"], {"stack": "mip"}).stack == "mip"
+    assert project_reading([tmp_path / "bf.tif"], None, Preprocessing().to_dict()).stack == "mip"
+
+
 # ---------------------------------------------------------------- OME-Zarr
 
 def _zarr_folder(root):
@@ -125,6 +167,78 @@ def test_ome_zarr_folder_is_one_image_and_names_its_reader(tmp_path):
     if importlib.util.find_spec("bioio_ome_zarr") is None:
         with pytest.raises(ImageReadError, match=r"plate.zarr.*OME-Zarr.*pip install 'scopeloop\[formats\]'.*bioio-ome-zarr"):
             read_raw(z)
+
+
+
+def _bioformats2raw_folder(root, pixels):
+    """The layout bioformats2raw writes: a top group holding only "bioformats2raw.layout", the
+    image in 0/ (NGFF 0.4 multiscales over a Zarr v2 array, uncompressed) and OME/ metadata."""
+    z = root / "converted.zarr"
+    (z / "0" / "0").mkdir(parents=True)
+    (z / "OME").mkdir()
+    (z / ".zgroup").write_text('{"zarr_format": 2}')
+    (z / ".zattrs").write_text('{"bioformats2raw.layout": 3}')
+    (z / "OME" / ".zgroup").write_text('{"zarr_format": 2}')
+    (z / "OME" / ".zattrs").write_text('{"series": ["0"]}')
+    (z / "OME" / "METADATA.ome.xml").write_text('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"/>')
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, {"name": "z", "type": "space"},
+            {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    (z / "0" / ".zgroup").write_text('{"zarr_format": 2}')
+    (z / "0" / ".zattrs").write_text(json.dumps({"multiscales": [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1, 1, 1]}]}]}]}))
+    (z / "0" / "0" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": list(pixels.shape), "chunks": list(pixels.shape), "dtype": "<u2",
+        "compressor": None, "fill_value": 0, "order": "C", "filters": None, "dimension_separator": "/"}))
+    chunk = z / "0" / "0" / "/".join(["0"] * pixels.ndim)
+    chunk.parent.mkdir(parents=True, exist_ok=True)
+    chunk.write_bytes(pixels.astype("<u2").tobytes())
+    return z
+
+
+class UnsupportedFileFormatError(Exception):
+    """bioio's error when no installed plugin recognises a path."""
+
+
+def _fake_bioio(monkeypatch):
+    """bioio + bioio-ome-zarr as installed, for machines without the formats extra: like the
+    plugin, a group is an image only if its own attributes hold "multiscales"."""
+    import sys
+    import types
+
+    class BioImage:
+        def __init__(self, path):
+            path = Path(path)
+            attrs = json.loads((path / ".zattrs").read_text()) if (path / ".zattrs").is_file() else {}
+            if "multiscales" not in attrs:
+                raise UnsupportedFileFormatError(f"bioio does not support the image: '{path}'")
+            meta = json.loads((path / "0" / ".zarray").read_text())
+            raw = next(p for p in (path / "0").rglob("*") if p.is_file() and not p.name.startswith("."))
+            self.data = np.frombuffer(raw.read_bytes(), "<u2").reshape(meta["shape"])
+            self.dims = types.SimpleNamespace(order="TCZYX")
+            self.scenes = ("Image:0",)
+
+    spec = importlib.machinery.ModuleSpec("bioio_ome_zarr", None)
+    monkeypatch.setitem(sys.modules, "bioio", types.SimpleNamespace(BioImage=BioImage))
+    monkeypatch.setitem(sys.modules, "bioio_ome_zarr", types.SimpleNamespace(__spec__=spec))
+
+
+def test_bioformats2raw_folder_reads_its_first_series(tmp_path, monkeypatch):
+    """Issue 22 (6): the top folder of a bioformats2raw conversion holds no image of its own;
+    bioio-ome-zarr, installed, refused it and the message asked to install bioio-ome-zarr."""
+    pixels = np.zeros((1, 2, 3, 8, 8), np.uint16)  # T C Z Y X
+    pixels[0, 1, 2] = 700
+    pixels[0, 0, 1] = 300
+    z = _bioformats2raw_folder(tmp_path, pixels)
+    assert list_images(tmp_path) == [z]
+    if importlib.util.find_spec("bioio_ome_zarr") is None:
+        _fake_bioio(monkeypatch)
+    raw = read_raw(z)
+    assert raw.shape == (8, 8, 2) and raw[0, 0].tolist() == [300, 700]  # MIP over Z, C last
+    assert any("bioformats2raw" in n for n in describe(z)["notes"])
+    (tmp_path / "empty.zarr").mkdir()  # installed, but no image there: says so, no "pip install"
+    with pytest.raises(ImageReadError, match=r"empty.zarr.*bioio-ome-zarr \(installed\) does not recognise it as OME-Zarr") as e:
+        read_raw(tmp_path / "empty.zarr")
+    assert "pip install" not in str(e.value)
 
 
 # ---------------------------------------------------------------- previews

@@ -114,6 +114,38 @@ def test_saturation_uses_the_real_bit_depth(tmp_path):
 
 
 
+def _nuclei(rng, n, peak=3000.0, bg=100.0, size=128):
+    """A 12-bit fluorescence field: `n` small nuclei (radius ~4 px) on a dark background."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    img = np.full((size, size), bg, np.float32)
+    for cy, cx in rng.integers(12, size - 12, (n, 2)):
+        img += peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 32.0)
+    return img + rng.normal(0, 10, img.shape)
+
+
+def test_brightness_judged_against_the_camera_and_the_field(tmp_path):
+    """Issue 22 (6): well-exposed 12-bit images (one file with a hot pixel at 65535), float
+    images and a field with a single nucleus were called too dark (brightness 0.0009-0.047)."""
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        tifffile.imwrite(tmp_path / f"cells_{i}.tif", np.clip(_nuclei(rng, 10), 0, 4095).astype(np.uint16))
+    hot = np.clip(_nuclei(rng, 10), 0, 4095).astype(np.uint16)
+    hot[3, 3] = 65535  # a hot pixel (or a burnt-in mark): not the camera's depth
+    tifffile.imwrite(tmp_path / "hot_pixel.tif", hot)
+    tifffile.imwrite(tmp_path / "one_nucleus.tif", np.clip(_nuclei(rng, 1), 0, 4095).astype(np.uint16))
+    tifffile.imwrite(tmp_path / "float_deconvolved.tif", (_nuclei(rng, 10) * 7.5).astype(np.float32))
+    tifffile.imwrite(tmp_path / "float_ratio.tif", (_nuclei(rng, 10) / 4095).astype(np.float32))
+    tifffile.imwrite(tmp_path / "dark.tif", np.clip(_nuclei(rng, 10, peak=60.0, bg=20.0), 0, 4095).astype(np.uint16))
+    paths = list_images(tmp_path)
+    rep = assess(paths, [p.name for p in paths])
+    assert rep.bit_depth == 12 and rep.full_scale == 4095
+    r = rep.by_key()
+    assert r["one_nucleus.tif"].brightness > 0.5 and r["hot_pixel.tif"].brightness > 0.5
+    assert all(r[k].verdict != "too_dark" for k in r if k != "dark.tif"), {k: r[k].reason for k in r}
+    assert r["dark.tif"].verdict == "too_dark"  # a really dark 12-bit exposure still is
+    assert r["float_ratio.tif"].brightness > 0.5 and r["float_deconvolved.tif"].brightness > 0.5
+
+
 def test_mixed_pool_8bit_files_keep_their_own_full_scale(tmp_path):
     rng = np.random.default_rng(4)
     for i in range(6):

@@ -199,6 +199,24 @@ def test_safe_names_and_keys():
     assert key_problem("") and key_problem(None) and key_problem("~/x.jpg") and key_problem("C:/x.jpg")
 
 
+
+def test_class_names_with_any_characters_export(ws, images, tmp_path):
+    """Issue 22 (6): classes 'CD4+/CD8-' and 'CD4+:CD8-' (both 'CD4+_CD8-' as folders) made the
+    export refuse to run; each now gets its own folder and the manifest keeps the real class."""
+    classes = ["CD4+/CD8-", "CD4+:CD8-", "Blast", "blast", "T cell: activated"]
+    keys = _keys(images)[:10]
+    ws.update_project(classes=classes)
+    s = export_dataset(ws, tmp_path / "export", make_snapshot(keys, {k: classes[i % 5] for i, k in enumerate(keys)}))
+    assert s["exported"] == 10 and not s["left_out"]
+    folders = s["class_folders"]
+    assert len({f.casefold() for f in folders.values()}) == 5 and folders["T cell: activated"] == "T cell_ activated"
+    assert all("/" not in f and ":" not in f for f in folders.values())
+    rows = _rows(tmp_path / "export" / "manifest.csv")
+    assert sorted({r["label"] for r in rows}) == sorted(classes)
+    for r in rows:
+        assert r["file"].split("/")[1] == folders[r["label"]] and (tmp_path / "export" / r["file"]).is_file()
+    assert list(json.loads((tmp_path / "export" / "label_map.json").read_text()).values()) == classes
+
 def test_export_uses_one_labels_snapshot_while_labels_change(ws, images, tmp_path):
     keys = _keys(images)
     snap_a, snap_b = make_snapshot(keys), make_snapshot(keys, relabel={k: "Basophil" for k in keys[5:]})

@@ -96,7 +96,8 @@ def test_report_has_all_sections_and_is_self_contained(project, tmp_path):
     assert "script" not in p.tags and "link" not in p.tags
     assert all(r.startswith("data:image/") for r in p.refs), [r[:40] for r in p.refs if not r.startswith("data:")]
     plots = [s for s in p.imgs if s.startswith("data:image/png")]
-    assert len(plots) == (5 if summary["enough"] else 4)  # per-class bars only with enough labels
+    # per-class bars only with enough labels; the unlabeled images' proportions when the version stores its stats
+    assert len(plots) == (5 if summary["enough"] else 4) + bool((summary.get("publishable") or {}).get("proportions"))
     for src in plots:
         im = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
         assert im.width > 300 and im.height > 200 and np.asarray(im.convert("L")).std() > 10
@@ -202,3 +203,18 @@ def test_out_of_fold_ranks_flipped_labels_first():
     assert set(contradicted(logp, y_noisy)[:3].tolist()) == {3, 40, 88}
     lone = np.array([0] * 10 + [1] * 10 + [2])  # a class with one image cannot be judged
     assert np.isnan(out_of_fold(rng.normal(size=(21, 8)), lone, 3)[-1]).all()
+
+
+def test_most_confused_classes_come_from_the_drawn_confusion_matrix(project, tmp_path):
+    """Issue 22, point 7: the list said other pairs and counts than the matrix drawn above it."""
+    ws, _ = project
+    doc = (tmp_path / "r.html")
+    build_report(ws, doc)
+    val = ws.registry.read_json(ws.registry.current(), "metrics.json")["validation"]
+    cm, names = np.asarray(val["confusion_matrix"]), val["classes"]
+    cells = sorted(((int(cm[i, j]), names[i], names[j]) for i in range(len(names)) for j in range(len(names))
+                    if i != j and cm[i, j] > 0), key=lambda c: -c[0])[:4]
+    shown = [(int(n), a, b) for a, b, n in re.findall(r"<h3>([^<]*) taken for ([^<]*): (\d+) images</h3>",
+                                                         doc.read_text(encoding="utf-8"))]
+    assert cells, "the fixture's model makes no mistake: the test would prove nothing"
+    assert sorted(shown) == sorted(cells), (shown, cells)

@@ -151,3 +151,22 @@ def test_paired_probability_difference_uses_confidence():
     d = paired_probability_difference(y, scrambled, good)
     assert d["high"] < -0.2 and d["a"] < d["b"]
     assert paired_probability_difference([], good[:0], good[:0])["n"] == 0
+
+
+def test_a_project_too_small_for_a_narrow_estimate_is_told_so_with_its_scores():
+    """Issue 22, point 7: the demo (51 images, 3 of one class) was told to label more images than
+    it has, forever; now the advice says the project is too small and the headline shows the scores
+    with their intervals (the best estimate it allows)."""
+    from trainer.stats.estimate import UNREACHABLE, cv_inflation
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), [3, 12, 12, 12, 12])   # the demo sample's classes
+    pred = np.where(rng.random(len(y)) < 0.8, y, (y + 1) % 5)
+    classes = list("ABCDE")
+    plain = estimate(y, pred, classes, inflation=cv_inflation(5))
+    assert not plain["enough"] and plain["fix"].startswith("label more images") and not plain["unreachable"]
+    small = estimate(y, pred, classes, inflation=cv_inflation(5), available=51)
+    assert not small["enough"] and small["unreachable"] and small["fix"].startswith(UNREACHABLE)
+    line = headline(small)
+    assert line.startswith("macro-F1 ") and "95% interval" in line and "it has 51" in line and "label more" not in line
+    assert not estimate(y, pred, classes, inflation=cv_inflation(5), available=10_000)["unreachable"]

@@ -83,3 +83,20 @@ def test_clear_errors():
         NoveltyModel.fit(np.zeros((4, 4)), [0, 0, 1, 1], method="magic")
     with pytest.raises(ValueError, match="needs fit"):
         NoveltyModel.fit(np.zeros((4, 4)), [0, 0, 1, 1], method="vim")
+
+
+def test_vim_scores_stay_readable_with_few_labels():
+    """40 labels in a 256-wide embedding: the default 64-dim subspace would span each fold's
+    training rows (no residual, an exploding virtual-logit scale, scores ~1e7); capped at half
+    the rows, the scores stay of the order of the class logits and still rank a new type first."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (5, 256)) + 1.0
+    X, y = _clusters(rng, 10, centres, spread=0.5)
+    seen = y != 4
+    m = NoveltyModel.fit(X[seen], y[seen], method="vim", fit=_Head)
+    assert all(s.proj.shape[1] <= 32 // 2 for s in m.scorers)  # 4 classes x 10, 5 folds: 32 rows per fold
+    Xt, yt = _clusters(rng, 10, centres, spread=0.5)
+    s = m.score(Xt)
+    logit = np.abs(m.scorers[0]._logits(Xt)).max()  # this toy head's logits are ~1e3
+    assert np.isfinite(s).all() and s.max() < 10 * logit and m.scorers[0].scale < 1e3
+    assert auroc(s[yt != 4], s[yt == 4]) > 0.9
