@@ -162,13 +162,18 @@ def run_demo(settings: Settings, images: Path | None = None, classes: list[str] 
         name = ws.root.name
         log(report.summary())
         q = RefreshQueue(connect_redis(settings.redis_url))
+        before = ws.status.get("pushes", 0)   # read before the request: a quick refresh may end first
         q.request(str(ws.root), "quick", "demo start: pre-annotate and order")
+        # a restart with no new task: Label Studio still holds the last run's suggestions and order,
+        # so the refresh runs in the background instead of being waited for (issue 22: restart < 20 s)
+        resumed = before > 0 and not getattr(report, "created", 0)
         embedded = any((ws.root / "embeddings").glob("*/keys.json"))
-        log("pre-annotating and ordering the images" + ("" if embedded else " (first time: embedding them, about a minute)")
+        log("Label Studio shows the last run's suggestions and order; the model refreshes in the background"
+            if resumed else
+            "pre-annotating and ordering the images" + ("" if embedded else " (first time: embedding them, about a minute)")
             + " ...")
         deadline = time.time() + 600
-        before = ws.status.get("pushes", 0)
-        while time.time() < deadline and ws.status.get("pushes", 0) == before:
+        while not resumed and time.time() < deadline and ws.status.get("pushes", 0) == before:
             if not started[-1].alive():
                 raise ServiceError(f"the worker stopped; log {started[-1].log_path}:\n{started[-1].log_tail()}")
             time.sleep(1)

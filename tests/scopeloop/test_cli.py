@@ -85,3 +85,14 @@ def test_readme_predict_line_finds_the_demo_projects_model(monkeypatch, tmp_path
     assert resolve_model_dir(cli._predict_model(args)) == ws.registry.path(version)
     (tmp_path / "scopeloop-models").mkdir()   # what `scopeloop train` writes comes first, as before
     assert cli._predict_model(args) == Path("scopeloop-models")
+
+
+def test_a_command_that_needs_no_model_never_imports_torch(tmp_path):
+    """Issue 22 (restart under 20 s): `main` imported torch, timm and torchvision (~5 s on a busy
+    machine) before every command, only to name an exception class."""
+    code = ("import sys; from scopeloop.cli import main; rc = main(['status']); "
+            "print(rc, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={"SCOPELOOP_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin",
+                            "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert r.stdout.strip().splitlines()[-1] == "2 False", r.stdout + r.stderr

@@ -41,6 +41,11 @@ class CellSettings:
         foreground (distance-transform maxima lower than that seed no cell of their own).
     split_distance: two cell centres lie at least this fraction of the diameter apart; smaller
         splits more.
+    split_area, split_area_unit, split_solidity: after the watershed, an object larger than
+        split_area x the expected cell area and less solid (area / convex hull area) than
+        split_solidity is a cluster of overlapping cells with no neck (dense blood smears): it is
+        divided into round(area / (split_area_unit x cell area)) parts by k-means on its pixel
+        coordinates (`trainer.cells.segment.split_by_area`); split_area None: off.
     border: "label" (cells touching the image border are kept, flagged ``edge``) or "skip".
     crop_scale: crop side = crop_scale * diameter (square, centred on the cell), and never
         smaller than 1.2 x the cell's longer box side.
@@ -60,17 +65,13 @@ class CellSettings:
     threshold: str = "li"
     background_sds: float | None = 4.0
     smooth: float | None = None
-    min_area: float = 0.05
+    min_area: float = 0.1
     max_area: float = 25.0
     split: bool = True
     split_depth: float = 0.2
     split_distance: float = 0.35
-    seeds: str = "distance"
-    blob_scale: float = 1.0
-    blob_min: float = 0.3
-    close: float = 0.0
-    split_area: float = 0.0
-    split_area_unit: float = 0.8
+    split_area: float | None = 1.5
+    split_area_unit: float = 1.0
     split_solidity: float = 0.9
     border: str = "label"
     crop_scale: float = 2.0

@@ -28,10 +28,6 @@ def foreground(s: np.ndarray, plan: FieldPlan, settings: CellSettings) -> np.nda
         local = filters.threshold_local(sm, block_size=max(block, 3), method="gaussian")
         mask = (sm > local) & (sm > 0.5 * plan.threshold)
     cell_area = np.pi * plan.diameter ** 2 / 4
-    rc = int(settings.close * plan.diameter)
-    if rc >= 1:  # close the gaps of ring-shaped cells (pale centres open on one side) before filling
-        pad = rc + 1
-        mask = ndi.binary_closing(np.pad(mask, pad, mode="edge"), morphology.disk(rc))[pad:-pad, pad:-pad]
     mask = ~remove_small(~mask, max(1, int(HOLE_FRACTION * cell_area)))
     r = int(plan.diameter / 20)
     if r >= 1:  # break one-pixel bridges and spurs
@@ -39,44 +35,17 @@ def foreground(s: np.ndarray, plan: FieldPlan, settings: CellSettings) -> np.nda
     return mask
 
 
-def blob_seeds(mask: np.ndarray, dist: np.ndarray, plan: FieldPlan, settings: CellSettings) -> np.ndarray:
-    """(N, 2) seed coordinates: maxima of the scale-normalised Laplacian-of-Gaussian response of
-    the foreground at the expected radius (sigma = r / sqrt(2), Lindeberg 1998), computed on a
-    grid of about r / 8 pixels: each disc of a cluster of overlapping discs gives one maximum."""
-    r = plan.diameter / 2
-    f = max(1, int(r / 8))
-    h, w = mask.shape
-    hh, ww = -(-h // f) * f, -(-w // f) * f
-    m = np.pad(mask.astype(np.float32), ((0, hh - h), (0, ww - w)), mode="edge")
-    small = m.reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
-    sig = settings.blob_scale * r / np.sqrt(2) / f
-    resp = -ndi.gaussian_laplace(small, sig, mode="nearest") * sig ** 2
-    # response of an isolated disc of the expected radius: the peak a single cell gives
-    k = int(3 * r / f) + 2
-    yy, xx = np.mgrid[-k:k + 1, -k:k + 1]
-    ref = float((-ndi.gaussian_laplace(((yy ** 2 + xx ** 2) <= (r / f) ** 2).astype(np.float32), sig) * sig ** 2)[k, k])
-    pk = feature.peak_local_max(resp, min_distance=max(1, int(round(settings.split_distance * plan.diameter / f))),
-                                threshold_abs=settings.blob_min * ref, exclude_border=False)
-    pk = np.minimum(pk * f + f // 2, [h - 1, w - 1])
-    keep = dist[tuple(pk.T)] > 0
-    land = np.repeat(np.repeat(resp, f, axis=0), f, axis=1)[:h, :w] if f > 1 else resp
-    return pk[keep], land
-
-
 def split_cells(mask: np.ndarray, plan: FieldPlan, settings: CellSettings) -> np.ndarray:
     """int32 labels of `mask`: each connected component split by a watershed on its distance
     transform, one marker per local maximum of the distance at least split_distance * diameter
-    from a higher one and at least split_depth * the expected radius from the background."""
+    from a higher one and at least split_depth * the expected radius from the background; then
+    clusters with no neck divided by area (`split_by_area`)."""
     if not settings.split:
         return measure.label(mask).astype(np.int32)
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     h = max(1.0, settings.split_depth * plan.diameter / 2)
-    if settings.seeds == "blob":
-        coords, land = blob_seeds(mask, dist, plan, settings)
-        dist = ndi.gaussian_filter(land, max(1.0, plan.diameter / 32)) + dist / plan.diameter
-    else:
-        coords = feature.peak_local_max(dist, min_distance=max(1, int(settings.split_distance * plan.diameter)),
-                                        threshold_abs=h, exclude_border=False)
+    coords = feature.peak_local_max(dist, min_distance=max(1, int(settings.split_distance * plan.diameter)),
+                                    threshold_abs=h, exclude_border=False)
     markers = np.zeros(mask.shape, np.int32)
     n = len(coords)
     markers[tuple(coords.T)] = np.arange(1, n + 1)
@@ -97,11 +66,20 @@ def split_by_area(labels: np.ndarray, plan: FieldPlan, settings: CellSettings) -
     from scipy.cluster.vq import kmeans2
 
     cell_area = np.pi * plan.diameter ** 2 / 4
+    area = np.bincount(labels.ravel())
+    big = np.flatnonzero(area >= settings.split_area * cell_area)
+    big = big[big > 0]
+    if not len(big):
+        return labels
     out = labels.copy()
     nxt = int(labels.max()) + 1
     rng = np.random.default_rng(0)
-    for p in measure.regionprops(labels):
-        if p.area < settings.split_area * cell_area or p.solidity >= settings.split_solidity:
+    boxes = ndi.find_objects(labels)
+    for lab in big:
+        sl = boxes[lab - 1]
+        obj = labels[sl] == lab
+        p = measure.regionprops(obj.astype(np.uint8))[0]
+        if p.solidity >= settings.split_solidity:
             continue
         k = int(round(p.area / (settings.split_area_unit * cell_area)))
         if k < 2:
@@ -110,12 +88,11 @@ def split_by_area(labels: np.ndarray, plan: FieldPlan, settings: CellSettings) -
         sample = yx[:: max(1, len(yx) // 4000)]
         init = sample[rng.choice(len(sample), k, replace=False)]
         cen, _ = kmeans2(sample, init, iter=20, minit="matrix")
-        d = ((yx[:, None, :] - cen[None]) ** 2).sum(-1)
-        part = d.argmin(1)
+        part = ((yx[:, None, :] - cen[None]) ** 2).sum(-1).argmin(1)
         for j in range(1, k):
             sel = part == j
             if sel.any():
-                out[p.coords[sel, 0], p.coords[sel, 1]] = nxt
+                out[sl][p.coords[sel, 0], p.coords[sel, 1]] = nxt
                 nxt += 1
     return out
 

@@ -217,7 +217,7 @@ def _verdict(n: int, metrics: dict, per_class: dict, available: int | None = Non
         need = int(math.ceil(n * (widest / MAX_HALF_WIDTH) ** 2))
         why = f"the 95% interval is +-{widest:.2f} wide (more than +-{MAX_HALF_WIDTH})"
         if available is not None and need > available:
-            return (why, f"{UNREACHABLE}: about {need} evaluated images would give +-{MAX_HALF_WIDTH}, it has "
+            return why, (f"{UNREACHABLE}: about {need} evaluated images would give +-{MAX_HALF_WIDTH}, it has "
                          f"{available}; add images for a narrower estimate")
         return why, f"label more images: about {need} evaluated images give +-{MAX_HALF_WIDTH} ({n} now)"
     return "", ""

@@ -45,3 +45,38 @@ def test_border_skip_drops_edge_cells():
     kept = segment_field(img, CellSettings(border="skip"))
     assert kept.max() >= 1
     assert not kept[:, 0].any() and not kept[0].any()
+
+
+def _discs(shape, centres, r):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return [(yy - y) ** 2 + (xx - x) ** 2 <= r * r for y, x in centres]
+
+
+def test_pale_cells_next_to_a_dark_cell_stay_foreground():
+    rng = np.random.default_rng(1)
+    img = np.full((300, 400, 3), 220.0)
+    pale = _discs(img.shape, [(60, 60), (60, 200), (220, 60), (220, 330)], 30)
+    for m in pale:
+        img[m] = (200, 175, 195)  # faint pink red cells
+    img[_discs(img.shape, [(150, 250)], 55)[0]] = (60, 30, 120)  # one dark purple white cell
+    img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+    settings = CellSettings(diameter=60)
+    labels = segment_field(img, settings)
+    assert all(labels[m].any() and np.bincount(labels[m])[1:].max() > 0.5 * m.sum() for m in pale)
+    off = segment_field(img, settings.with_(background_sds=None))
+    assert sum(off[m].any() for m in pale) < len(pale)  # a two-class threshold alone loses them
+
+
+def test_cluster_without_a_neck_is_split_by_area():
+    from trainer.cells.auto import plan_field
+    from trainer.cells.segment import split_cells
+
+    centres = [(70, 100), (70, 160), (140, 165)]  # an L of overlapping discs, no neck between them
+    discs = _discs((230, 300), centres, 40)
+    mask = discs[0] | discs[1] | discs[2]
+    plan = plan_field(np.where(mask, 200, 20).astype(np.uint8), CellSettings(diameter=80))
+    settings = CellSettings(diameter=80, split_distance=1.0)  # the watershed alone keeps one object
+    assert split_cells(mask, plan, settings.with_(split_area=None)).max() == 1
+    lab = split_cells(mask, plan, settings)
+    assert lab.max() == 3
+    assert len({int(lab[y, x]) for y, x in centres}) == 3
