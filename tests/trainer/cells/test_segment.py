@@ -80,3 +80,23 @@ def test_cluster_without_a_neck_is_split_by_area():
     lab = split_cells(mask, plan, settings)
     assert lab.max() == 3
     assert len({int(lab[y, x]) for y, x in centres}) == 3
+
+
+def test_local_maxima_are_skimages_peaks_without_its_kd_tree():
+    """The watershed's markers: the same peaks as skimage's peak_local_max (min_distance, threshold),
+    found without its KD-tree step (it crashed the interpreter inside the full test suite)."""
+    from scipy import ndimage as ndi
+    from skimage import feature
+
+    from trainer.cells.segment import local_maxima
+
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        m = np.zeros((200, 200), bool)
+        yy, xx = np.ogrid[:200, :200]
+        for y, x, r in zip(rng.integers(15, 185, 25), rng.integers(15, 185, 25), rng.integers(5, 15, 25)):
+            m |= (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+        d = ndi.distance_transform_edt(m).astype(np.float32)
+        md = int(rng.integers(2, 10))
+        ref = feature.peak_local_max(d, min_distance=md, threshold_abs=2.0, exclude_border=False)
+        assert set(map(tuple, local_maxima(d, md, 2.0))) == set(map(tuple, ref))
